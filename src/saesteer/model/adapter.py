@@ -18,18 +18,18 @@ from torch.utils.hooks import RemovableHandle
 
 from saesteer.errors import SaesteerError
 
-# model_type -> (layers path, final norm path, unembedding path, embedding path)
-_PATHS: dict[str, tuple[str, str, str, str]] = {
-    "llama": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "qwen2": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "qwen3": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "mistral": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "gemma": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "gemma2": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "gemma3_text": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "phi3": ("model.layers", "model.norm", "lm_head", "model.embed_tokens"),
-    "gpt2": ("transformer.h", "transformer.ln_f", "lm_head", "transformer.wte"),
-    "gpt_neox": ("gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out", "gpt_neox.embed_in"),
+# model_type -> (decoder layers path, final norm path); embeddings come from the HF accessors
+_PATHS: dict[str, tuple[str, str]] = {
+    "llama": ("model.layers", "model.norm"),
+    "qwen2": ("model.layers", "model.norm"),
+    "qwen3": ("model.layers", "model.norm"),
+    "mistral": ("model.layers", "model.norm"),
+    "gemma": ("model.layers", "model.norm"),
+    "gemma2": ("model.layers", "model.norm"),
+    "gemma3_text": ("model.layers", "model.norm"),
+    "phi3": ("model.layers", "model.norm"),
+    "gpt2": ("transformer.h", "transformer.ln_f"),
+    "gpt_neox": ("gpt_neox.layers", "gpt_neox.final_layer_norm"),
 }
 SUPPORTED = sorted(_PATHS)
 HOOK_KINDS = ("resid_pre", "resid_post", "mlp_out")
@@ -97,11 +97,11 @@ class ArchAdapter:
             )
         self.model = model
         self.model_type: str = mtype
-        layers_p, norm_p, unembed_p, embed_p = _PATHS[mtype]
+        layers_p, norm_p = _PATHS[mtype]
         self.layers: nn.ModuleList = _get(model, layers_p)
         self.final_norm: nn.Module = _get(model, norm_p)
-        self.unembed: nn.Module = _get(model, unembed_p)
-        self.embed: nn.Module = _get(model, embed_p)
+        self.unembed: nn.Module = model.get_output_embeddings()  # type: ignore[operator]
+        self.embed: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         self.n_layers: int = len(self.layers)
         self.d_model: int = int(getattr(text_cfg, "hidden_size", None) or text_cfg.n_embd)

@@ -1,0 +1,240 @@
+"""Conditional steering: a gate decides per conversation, from the prompt's activations, whether to steer.
+
+A gate reads the activation at its hook point during the *prompt* forward pass (the call with an
+empty KV cache), scores every token with a :class:`Scorer`, reduces the token scores of each
+example to one number (``last`` real token, ``mean`` over real tokens, or ``tail``: the mean over
+the last ``tail`` tokens, e.g. the post-instruction template tokens), and steers the examples whose
+score exceeds ``threshold``. The decision is per example and persists over the decode steps of
+that generation. The gate's hook point must come at or before the steering hook point, so the
+gate sees unsteered activations and decides before the first edit.
+
+Scorers: :class:`FeatureScorer` (an SAE latent as a harm detector) and :class:`ProjectionScorer`
+(a linear probe ``x . w + b``, e.g. a difference-in-means direction or :func:`fit_probe`).
+:func:`calibrate` picks the threshold that keeps the false-positive rate on harmless dev prompts
+at or below a target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import torch
+
+from saesteer.errors import SaesteerError
+from saesteer.model.adapter import ArchAdapter, HookPoint
+from saesteer.sae.base import SAE
+from saesteer.steering.interventions import as_direction, check_feature
+from saesteer.steering.operators import make_reader
+
+REDUCTIONS = ("last", "mean", "tail")
+
+
+def same_activation(a: HookPoint, b: HookPoint) -> bool:
+    """True for the same point, or ``resid_post.L`` vs ``resid_pre.L+1`` (the same tensor)."""
+    if a == b:
+        return True
+    return any(p.kind == "resid_post" and q.kind == "resid_pre" and q.layer == p.layer + 1 for p, q in ((a, b), (b, a)))
+
+
+class Scorer(Protocol):
+    """Scores every token: activation (batch, seq, d_model) -> (batch, seq) float32."""
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def validate(self, d_model: int) -> None: ...
+
+
+class FeatureScorer:
+    """An SAE latent's activation as the score (a harm-detector feature)."""
+
+    def __init__(self, sae: SAE, feature: int, topk_exact: bool = True):
+        check_feature("gate feature", feature, sae.d_sae)
+        self.sae = sae
+        self.feature = feature
+        self.topk_exact = topk_exact
+        self._readers: dict[torch.device, Any] = {}
+
+    @property
+    def hook_name(self) -> str:
+        return self.sae.cfg.hook_name
+
+    def validate(self, d_model: int) -> None:
+        if self.sae.d_in != d_model:
+            raise SaesteerError(
+                f"gate SAE d_in {self.sae.d_in} != model d_model {d_model}; use an SAE trained on this model"
+            )
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device
+        if dev not in self._readers:
+            self._readers[dev] = make_reader(self.sae, [self.feature], dev, self.topk_exact)
+        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        return self._readers[dev](flat).reshape(x.shape[:-1])
+
+
+class ProjectionScorer:
+    """A linear score ``x . w + b`` (a linear probe, or a projection on a difference-in-means direction)."""
+
+    def __init__(self, weight: torch.Tensor | Sequence[float], bias: float = 0.0, normalize: bool = False):
+        w = as_direction("gate direction", weight)
+        if normalize:
+            n = float(w.norm())
+            if n == 0.0:
+                raise SaesteerError("gate direction is all zeros; give a non-zero direction")
+            w = w / n
+        if not math.isfinite(bias):
+            raise SaesteerError(f"gate bias is {bias}; give a finite number")
+        self.weight = w
+        self.bias = float(bias)
+        self._w: dict[torch.device, torch.Tensor] = {}
+
+    hook_name = ""
+
+    def validate(self, d_model: int) -> None:
+        if self.weight.shape[0] != d_model:
+            raise SaesteerError(
+                f"gate direction has {self.weight.shape[0]} dims but the model's d_model is {d_model}; "
+                "use a direction or probe fit on this model"
+            )
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device
+        if dev not in self._w:
+            self._w[dev] = self.weight.to(dev)
+        return x.to(torch.float32) @ self._w[dev] + self.bias
+
+
+def reduce_scores(scores: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int) -> torch.Tensor:
+    """Per-example score (batch,) from token scores (batch, seq), ignoring padding."""
+    b, t = scores.shape
+    if real is None:
+        real = torch.ones(b, t, dtype=torch.bool, device=scores.device)
+    if reduce == "last":
+        last = t - 1 - real.flip(-1).to(torch.int8).argmax(-1)
+        return scores.gather(1, last.unsqueeze(1)).squeeze(1)
+    if reduce == "tail":
+        from_end = real.flip(-1).to(torch.int32).cumsum(-1).flip(-1)  # real tokens at or after p
+        real = real & (from_end <= tail)
+    w = real.to(scores.dtype)
+    return (scores * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Gate:
+    """Steer an example when its reduced prompt score at ``hook`` is above ``threshold``."""
+
+    scorer: Any
+    threshold: float = 0.0
+    hook: str = ""
+    reduce: str = "last"
+    tail: int = 5
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCTIONS:
+            raise SaesteerError(f"unknown gate reduction {self.reduce!r}; use one of {', '.join(REDUCTIONS)}")
+        if self.tail < 1:
+            raise SaesteerError(f"gate tail must be >= 1, got {self.tail}")
+        if not math.isfinite(self.threshold) and self.threshold != -math.inf:
+            raise SaesteerError(f"gate threshold is {self.threshold}; give a finite number")
+        hook = self.hook or getattr(self.scorer, "hook_name", "")
+        if not hook:
+            raise SaesteerError("gate needs a hook point, e.g. hook='blocks.12.hook_resid_post'")
+        hp = HookPoint.parse(hook)
+        own = getattr(self.scorer, "hook_name", "")
+        if own and not same_activation(hp, HookPoint.parse(own)):
+            raise SaesteerError(
+                f"gate SAE was trained on {HookPoint.parse(own).name} but the gate reads {hp.name}; "
+                "gate at the SAE's hook point"
+            )
+        object.__setattr__(self, "hook", hp.name)
+
+    def scores(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+        """Per-example scores (batch,) of a prompt activation (batch, seq, d_model)."""
+        return reduce_scores(self.scorer.token_scores(x), real, self.reduce, self.tail)
+
+    def decide(self, scores: torch.Tensor) -> torch.Tensor:
+        """Which examples to steer (batch,) bool."""
+        return scores > self.threshold
+
+    def with_threshold(self, threshold: float) -> Gate:
+        return replace(self, threshold=float(threshold))
+
+    def calibrated(self, scores_harmless: torch.Tensor | Sequence[float], target_fpr: float) -> Gate:
+        """This gate with the threshold set by :func:`calibrate`."""
+        return self.with_threshold(calibrate(scores_harmless, target_fpr))
+
+
+def calibrate(scores_harmless: torch.Tensor | Sequence[float], target_fpr: float) -> float:
+    """The lowest threshold at which at most ``target_fpr`` of the harmless scores lie strictly above it."""
+    s = torch.as_tensor(scores_harmless, dtype=torch.float64).flatten()
+    if s.numel() == 0:
+        raise SaesteerError("calibrate: no harmless scores; score a dev split of harmless prompts first")
+    if not bool(torch.isfinite(s).all()):
+        raise SaesteerError("calibrate: harmless scores contain NaN or inf; check the scorer")
+    if not 0.0 <= target_fpr <= 1.0:
+        raise SaesteerError(f"calibrate: target_fpr must be in [0, 1], got {target_fpr}")
+    allowed = math.floor(target_fpr * s.numel() + 1e-9)  # how many harmless prompts may fire
+    if allowed >= s.numel():
+        return -math.inf
+    desc = s.sort(descending=True).values
+    return float(desc[allowed])
+
+
+def false_positive_rate(scores_harmless: torch.Tensor | Sequence[float], threshold: float) -> float:
+    """Fraction of harmless scores above ``threshold``."""
+    s = torch.as_tensor(scores_harmless, dtype=torch.float64).flatten()
+    return float((s > threshold).double().mean())
+
+
+@torch.no_grad()
+def prompt_scores(
+    adapter: ArchAdapter | Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    gate: Gate,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+) -> torch.Tensor:
+    """The gate's per-prompt scores (N,) on chat prompts, exactly as the gate computes them while steering."""
+    from saesteer.model.generation import encode_chats
+
+    ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
+    gate.scorer.validate(ad.d_model)
+    dev = next(ad.model.parameters()).device
+    out: list[torch.Tensor] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
+        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        x = ad.run_to(gate.hook, ids, mask)
+        out.append(gate.scores(x, mask.bool()).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def fit_probe(positive: torch.Tensor, negative: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> ProjectionScorer:
+    """Logistic-regression probe on (N, d_model) activations: positive (harmful) vs negative (harmless)."""
+    if positive.ndim != 2 or negative.ndim != 2 or positive.shape[1] != negative.shape[1]:
+        raise SaesteerError("fit_probe: give two (N, d_model) activation matrices of the same width")
+    if positive.shape[0] == 0 or negative.shape[0] == 0:
+        raise SaesteerError("fit_probe: need at least one positive and one negative example")
+    x = torch.cat([positive, negative]).to(torch.float32)
+    y = torch.cat([torch.ones(positive.shape[0]), torch.zeros(negative.shape[0])])
+    mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
+    xs = (x - mu) / sd
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)  # type: ignore[no-untyped-call]
+    w_raw = w.detach() / sd
+    b_raw = float(b.detach() - (mu * w_raw).sum())
+    return ProjectionScorer(w_raw, b_raw)

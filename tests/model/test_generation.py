@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from saesteer.errors import SaesteerError
+from saesteer.model.generation import GenerationConfig, encode_chats, generate, to_messages
+
+PROMPTS = [
+    "Hi",
+    "Write a short poem about the sea and the wind over the harbour.",
+    [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And times three?"},
+    ],
+]
+
+
+def test_encode_chats_left_pads(tiny_qwen_chat) -> None:
+    _, tok = tiny_qwen_chat
+    enc = encode_chats(tok, PROMPTS)
+    mask = enc["attention_mask"]
+    assert mask.shape[0] == 3
+    # left padding: every row ends with real tokens, padding (0) only at the start
+    assert bool((mask[:, -1] == 1).all())
+    for row in mask:
+        first = int(row.argmax())
+        assert bool((row[first:] == 1).all())
+    text = tok.decode(enc["input_ids"][2][mask[2].bool()])
+    assert text.count("<|im_start|>user") == 2 and text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_batched_greedy_equals_one_by_one(tiny_qwen_chat) -> None:
+    model, tok = tiny_qwen_chat
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=3)
+    batched = generate(model, tok, PROMPTS, cfg)
+    single = [generate(model, tok, [p], GenerationConfig(max_new_tokens=8, batch_size=1))[0] for p in PROMPTS]
+    assert batched == single
+    assert all(isinstance(s, str) and s for s in batched)
+
+
+def test_sampling_is_seeded(tiny_qwen_chat) -> None:
+    model, tok = tiny_qwen_chat
+    cfg = GenerationConfig(max_new_tokens=6, do_sample=True, seed=3, temperature=1.5)
+    a = generate(model, tok, PROMPTS[:2], cfg)
+    b = generate(model, tok, PROMPTS[:2], cfg)
+    c = generate(model, tok, PROMPTS[:2], GenerationConfig(max_new_tokens=6, do_sample=True, seed=4, temperature=1.5))
+    assert a == b
+    assert a != c
+
+
+def test_eos_stops_generation(tiny_qwen_chat) -> None:
+    model, tok = tiny_qwen_chat
+    # make <|im_end|> overwhelmingly likely: every completion must stop at once (empty text)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight.abs().max() * 0 + 50.0
+    outs = generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=5))
+    assert outs == ["", "", ""]
+
+
+def test_bad_input(tiny_qwen_chat) -> None:
+    model, tok = tiny_qwen_chat
+    with pytest.raises(SaesteerError, match="empty prompt list"):
+        generate(model, tok, [])
+    with pytest.raises(SaesteerError, match="role"):
+        to_messages([{"content": "no role"}])
+    with pytest.raises(SaesteerError, match=">= 1"):
+        generate(model, tok, ["x"], GenerationConfig(max_new_tokens=0))
