@@ -55,7 +55,7 @@ def timed(step: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], args
         step(b)
     _sync(args.device)
     t0 = time.perf_counter()
-    for b in batches[args.warmup:]:
+    for b in batches[args.warmup :]:
         step(b)
     _sync(args.device)
     return args.steps * args.batch / (time.perf_counter() - t0)
@@ -64,21 +64,44 @@ def timed(step: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], args
 def bench_saesteer(batches: list[torch.Tensor], args: argparse.Namespace) -> float:
     from saesteer.sae.trainer import TopKTrainer
 
-    tr = TopKTrainer(args.d_in, args.d_sae, args.k, lr=args.lr, warmup_steps=0, decay_frac=0.0, total_steps=10**9,
-                     auxk_alpha=1 / 32, k_aux=None, dead_tokens=args.dead_after * args.batch,
-                     compute_dtype=torch.bfloat16, device=torch.device(args.device), seed=0)
+    tr = TopKTrainer(
+        args.d_in,
+        args.d_sae,
+        args.k,
+        lr=args.lr,
+        warmup_steps=0,
+        decay_frac=0.0,
+        total_steps=10**9,
+        auxk_alpha=1 / 32,
+        k_aux=None,
+        dead_tokens=args.dead_after * args.batch,
+        compute_dtype=torch.bfloat16,
+        device=torch.device(args.device),
+        seed=0,
+    )
     tr.init_from_data(batches[0], "mean")
     return timed(tr.train_step, batches, args)
 
 
 def bench_saelens(batches: list[torch.Tensor], args: argparse.Namespace) -> float:
-    from sae_lens import SAETrainerConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, device=args.device,
-                                                aux_loss_coefficient=1 / 32))
-    cfg = SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=args.batch, lr=args.lr,
-                           device=args.device, autocast=True, dead_feature_window=args.dead_after - 1)
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=args.d_in, d_sae=args.d_sae, k=args.k, device=args.device, aux_loss_coefficient=1 / 32
+        )
+    )
+    cfg = SAETrainerConfig(
+        total_training_samples=10**9,
+        train_batch_size_samples=args.batch,
+        lr=args.lr,
+        lr_end=args.lr / 10,
+        device=args.device,
+        autocast=True,
+        dead_feature_window=args.dead_after - 1,
+    )
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
 
     def step(b: torch.Tensor) -> None:
@@ -137,8 +160,10 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     batches = make_batches(args)
-    print(f"device {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; d_in {args.d_in}, "
-          f"d_sae {args.d_sae}, k {args.k}, batch {args.batch}, AuxK on, {args.warmup}+{args.steps} steps")
+    print(
+        f"device {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; d_in {args.d_in}, "
+        f"d_sae {args.d_sae}, k {args.k}, batch {args.batch}, AuxK on, {args.warmup}+{args.steps} steps"
+    )
     rates: dict[str, float] = {}
     for name in args.only or list(IMPLS):
         torch.manual_seed(0)

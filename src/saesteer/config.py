@@ -141,6 +141,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; written files are ordinary readable outputs
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -1,16 +1,18 @@
 import gzip
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from saesteer.activations import harvest as harvest_mod
 from saesteer.activations.harvest import HarvestConfig, harvest, select_tokens
-from saesteer.activations.sources import iter_texts, mix, pack_tokens
+from saesteer.activations.sources import iter_texts, mix, pack_tokens, shuffled_texts
 from saesteer.activations.store import ActivationStore
 from saesteer.errors import SaesteerError
 from saesteer.model.adapter import ArchAdapter
+
+harvest_mod = importlib.import_module("saesteer.activations.harvest")
 
 WORDS = "the quick brown fox jumps over a lazy dog while rivers run to the sea and birds sing".split()
 
@@ -81,12 +83,12 @@ def test_harvest_matches_truncated_forward_and_resumes(tmp_path, corpus, tiny_qw
     assert [s["sha256"] for s in resumed.manifest["shards"]] == [s["sha256"] for s in store.manifest["shards"]]
 
     # the first held-out rows are the truncated-forward activations of the first window's kept tokens
-    wins = list(pack_tokens(tok, iter_texts(corpus), 32))
+    wins = list(pack_tokens(tok, shuffled_texts(iter_texts(corpus), 0), 32))
     assert len(wins) > 10
     a = ArchAdapter(model)
     x = a.run_to("blocks.2.hook_resid_post", torch.tensor([wins[0]]), torch.ones(1, 32, dtype=torch.long))
     first, _ = select_tokens(x, torch.tensor([wins[0]]), torch.ones(1, 32), set(tok.all_special_ids), 8.0)
-    torch.testing.assert_close(store.held_out()[: first.shape[0]].float(), first.to(torch.bfloat16).float())
+    torch.testing.assert_close(store.held_out()[: first.shape[0]].float(), first.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_harvest_refuses_other_model_cache(tmp_path, corpus, tiny_qwen_chat) -> None:

@@ -21,7 +21,7 @@ from saesteer.evaluation.capability import (
 )
 from saesteer.evaluation.datasets import MathProblem, MCQuestion, TruthfulQAItem, has_data
 from saesteer.evaluation.gsm8k import clean_solution, extract_answer, numbers_equal, score_gsm8k
-from saesteer.evaluation.loglik import encode_pair, loglikelihoods
+from saesteer.evaluation.loglik import common_prefix_length, encode_pair, loglikelihoods
 from saesteer.evaluation.stats import wilson
 from tests.conftest import tiny_model
 
@@ -87,6 +87,18 @@ def test_loglikelihoods_batched_equal_single_unpadded_forwards(lm: tuple[Any, An
         want = sum(lp[len(ci) - 1 + j, t].item() for j, t in enumerate(xi))
         assert got == pytest.approx(want, abs=1e-4)
     assert loglikelihoods(model, tok, reqs, batch_size=1) == pytest.approx(batched, abs=1e-4)
+
+
+def test_shared_prefix_cache_gives_the_same_scores(lm: tuple[Any, Any]) -> None:
+    model, tok = lm
+    primer = "Q: What is the answer to everything?\nA: Forty-two, as the book says.\n\nQ: "
+    reqs = [(primer + "Is water wet?\nA:", " Yes it is."), (primer + "Why?\nA:", " Because."),
+            (primer + "Why?\nA:", " B"), (primer + "Why?\nA:", " C")]  # fmt: skip
+    plain = loglikelihoods(model, tok, reqs, batch_size=3)
+    shared = loglikelihoods(model, tok, reqs, batch_size=3, share_prefix=True)
+    assert shared == pytest.approx(plain, abs=1e-4)
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2]]) == 1
 
 
 def test_encode_pair_moves_trailing_space_and_rejects_empty(lm: tuple[Any, Any]) -> None:
@@ -207,12 +219,13 @@ def test_native_mmlu_and_truthfulqa_equal_lm_eval(lm: tuple[Any, Any], tmp_path:
     from saesteer.evaluation.lm_eval_bridge import evaluate_tasks, write_mmlu_tasks, write_truthfulqa_tasks
 
     model, tok = lm
-    cfg = CapabilityConfig(mmlu_n=3, mmlu_shots=1)
-    data = load_capability_data(cfg, ["mmlu"])
+    data = load_capability_data(CapabilityConfig(mmlu_n=2, mmlu_shots=1), ["mmlu"])
     item = TruthfulQAItem("tq", "Is the sky green?", ["No.", "Yes."], [1, 0], ["No.", "It is blue.", "Yes."],
                           [1, 1, 0], "t")  # fmt: skip
-    plan = {"mmlu": (write_mmlu_tasks(tmp_path, data.mmlu, data.mmlu_shots, 1), data.mmlu),
-            "truthfulqa": (write_truthfulqa_tasks(tmp_path, [item]), [item])}  # fmt: skip
+    plan: dict[str, tuple[list[str], list[Any]]] = {
+        "mmlu": (write_mmlu_tasks(tmp_path, data.mmlu, data.mmlu_shots, 1), list(data.mmlu)),
+        "truthfulqa": (write_truthfulqa_tasks(tmp_path, [item]), [item]),
+    }
     theirs = evaluate_tasks(model, tok, tmp_path, plan, batch_size=4)
     ours = score_mmlu(model, tok, data.mmlu, data.mmlu_shots, n_shots=1)
     for a, b in zip(ours.records, theirs["mmlu"].records, strict=True):

@@ -167,7 +167,7 @@ def test_crescendo_lockstep_rounds_parse_json_and_steer_only_target(lm: tuple[An
         return json.dumps({"next_message": f"question {turn} about {goal}", "rationale": "x"})
 
     att = _attacker(script)
-    tpl = "Red team. Goal: {{objective}} in {{ max_turns }} turns, now {current_turn}.{% if conversation_context %}CTX{% endif %}"  # noqa: E501
+    tpl = "Red team. Goal: {{objective}} in {{ max_turns }} turns, now {current_turn}.{% if conversation_context %}CTX{% endif %}"
     res = mt.run_crescendo(*lm, GEN, ["goal-A", "goal-B", "goal-C"], att, WordJudge("zzz"), max_turns=2,
                            attacker_prompt=tpl, target_context=steer)  # fmt: skip
     assert att.batches == [3, 3] and state["entered"] == 2
@@ -210,7 +210,9 @@ def test_fractured_on_real_items(lm: tuple[Any, Any]) -> None:
 
 def test_parse_next_message_variants() -> None:
     assert parse_next_message('{"next_message": "Hi \\"there\\"", "rationale": "r"}') == ('Hi "there"', True)
-    assert parse_next_message('```json\n{"next_message": "cut off', ) == ("{\"next_message\": \"cut off", False)
+    assert parse_next_message(
+        '```json\n{"next_message": "cut off',
+    ) == ('{"next_message": "cut off', False)
     assert parse_next_message('{"next_message": "ok", "last_response_summary": "trunc') == ("ok", True)
     assert parse_next_message("just a question?") == ("just a question?", False)
     assert parse_next_message("") == ("Please continue.", False)
@@ -219,7 +221,7 @@ def test_parse_next_message_variants() -> None:
 class _Handler(BaseHTTPRequestHandler):
     replies: list[tuple[int, bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert body["messages"][-1]["content"] == "hi"
         code, data = self.replies.pop(0) if self.replies else (200, b"not json")

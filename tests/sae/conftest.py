@@ -17,8 +17,9 @@ class SparseSource:
     ``ActivationStore.batches(..., start_step=start)``.
     """
 
-    def __init__(self, d: int = 32, n_feat: int = 128, active: int = 4, batch: int = 128, seed: int = 0,
-                 scale: float = 7.0):
+    def __init__(
+        self, d: int = 32, n_feat: int = 128, active: int = 4, batch: int = 128, seed: int = 0, scale: float = 7.0
+    ):
         g = torch.Generator().manual_seed(seed)
         feats = torch.randn(n_feat, d, generator=g)
         self.features = feats / feats.norm(dim=1, keepdim=True)
@@ -48,11 +49,25 @@ def source() -> SparseSource:
     return SparseSource()
 
 
-def random_sae(arch: str, d_in: int = 16, d_sae: int = 64, k: int | None = 8, hook: str = "blocks.1.hook_resid_post",
-               seed: int = 0, apply_b_dec: bool = True) -> SAE:
+def random_sae(
+    arch: str,
+    d_in: int = 16,
+    d_sae: int = 64,
+    k: int | None = 8,
+    hook: str = "blocks.1.hook_resid_post",
+    seed: int = 0,
+    apply_b_dec: bool = True,
+) -> SAE:
     """An SAE of ``arch`` with random (nonzero) biases and thresholds."""
-    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=k if arch == "topk" else None, hook_name=hook,
-                    model_name="tiny", apply_b_dec_to_input=apply_b_dec)
+    cfg = SAEConfig(
+        architecture=arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        k=k if arch == "topk" else None,
+        hook_name=hook,
+        model_name="tiny",
+        apply_b_dec_to_input=apply_b_dec,
+    )
     torch.manual_seed(seed)
     sae = SAE.from_config(cfg)
     with torch.no_grad():

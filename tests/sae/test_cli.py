@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,8 +24,21 @@ def make_cache(path: Path, d: int = 32, model: str = "tiny", hook: str = HOOK, n
     return path
 
 
-TRAIN_FLAGS = ["--k", "4", "--d-sae", "128", "--batch-size", "128", "--total-tokens", "1280", "--no-progress",
-               "--checkpoint-every", "5", "--lr", "0.003"]
+TRAIN_FLAGS = [
+    "--k",
+    "4",
+    "--d-sae",
+    "128",
+    "--batch-size",
+    "128",
+    "--total-tokens",
+    "1280",
+    "--no-progress",
+    "--checkpoint-every",
+    "5",
+    "--lr",
+    "0.003",
+]
 
 
 def test_train_sae_then_eval_on_held_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,8 +60,18 @@ def test_train_sae_then_eval_on_held_out(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_train_sae_refuses_a_cache_from_another_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     acts = make_cache(tmp_path / "acts")
-    rc = main(["train-sae", "--acts", str(acts), "--expect-hook", "blocks.6.hook_resid_post", "--out-dir",
-               str(tmp_path / "run"), *TRAIN_FLAGS])
+    rc = main(
+        [
+            "train-sae",
+            "--acts",
+            str(acts),
+            "--expect-hook",
+            "blocks.6.hook_resid_post",
+            "--out-dir",
+            str(tmp_path / "run"),
+            *TRAIN_FLAGS,
+        ]
+    )
     assert rc == 2
     assert "is at 'blocks.1.hook_resid_post', not 'blocks.6.hook_resid_post'" in capsys.readouterr().err
 
@@ -80,15 +104,31 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_sae_eval_spliced_on_tiny_model(tmp_path: Path, tiny_model_dir: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_sae_eval_spliced_on_tiny_model(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"text number {i} talks about cats , dogs and the weather ."}) + "\n"
-                              for i in range(6)))
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": f"text number {i} talks about cats , dogs and the weather ."}) + "\n" for i in range(6)
+        )
+    )
     save_sae(random_sae("topk", d_in=64, d_sae=128, k=8, hook=HOOK), tmp_path / "sae")
     model_flags = ["--model", str(tiny_model_dir), "--dtype", "fp32", "--device", "cpu"]
-    rc = main(["sae-eval", "--sae", str(tmp_path / "sae"), "--corpus", str(corpus), "--n-texts", "4",
-               "--batch-size", "3", *model_flags])
+    rc = main(
+        [
+            "sae-eval",
+            "--sae",
+            str(tmp_path / "sae"),
+            "--corpus",
+            str(corpus),
+            "--n-texts",
+            "4",
+            "--batch-size",
+            "3",
+            *model_flags,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())["spliced"]
     assert res["n_texts"] == 4 and abs(res["delta_ce_error_term"]) < 1e-5 and res["kl_spliced"] > 0

@@ -49,16 +49,31 @@ def _write(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor]) -> Path:
 
 def _weights(d_in: int = 16, d_sae: int = 64, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(d_in, d_sae, generator=g), "b_enc": torch.randn(d_sae, generator=g) * 0.1,
-            "W_dec": torch.randn(d_sae, d_in, generator=g), "b_dec": torch.randn(d_in, generator=g)}
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g),
+        "b_dec": torch.randn(d_in, generator=g),
+    }
 
 
 def test_old_flat_topk_config_with_activation_fn_kwargs(tmp_path: Path) -> None:
     """Pre-6 SAELens: flat hook_point / hook_layer, activation_fn_str topk with activation_fn_kwargs.k."""
-    cfg = {"architecture": "standard", "d_in": 16, "d_sae": 64, "dtype": "float32", "device": "cpu",
-           "model_name": "gpt2-small", "hook_point": "blocks.3.hook_resid_pre", "hook_layer": 3,
-           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 5}, "apply_b_dec_to_input": True,
-           "normalize_activations": "none", "sae_lens_training_version": "3.13.0"}
+    cfg = {
+        "architecture": "standard",
+        "d_in": 16,
+        "d_sae": 64,
+        "dtype": "float32",
+        "device": "cpu",
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.3.hook_resid_pre",
+        "hook_layer": 3,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 5},
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "sae_lens_training_version": "3.13.0",
+    }
     w = _weights()
     sae = load_sae(_write(tmp_path, cfg, w))
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 5
@@ -73,10 +88,21 @@ def test_old_flat_topk_config_with_activation_fn_kwargs(tmp_path: Path) -> None:
 
 def test_gemma_scope_style_jumprelu_with_log_threshold(tmp_path: Path) -> None:
     """Gemma Scope as SAELens writes it: flat keys, jumprelu, apply_b_dec_to_input false, normalize null."""
-    cfg = {"architecture": "jumprelu", "d_in": 16, "d_sae": 64, "dtype": "float32", "model_name": "gemma-2-2b",
-           "hook_name": "blocks.12.hook_resid_post", "hook_head_index": None, "activation_fn": "relu",
-           "finetuning_scaling_factor": False, "prepend_bos": True, "context_size": 1024,
-           "apply_b_dec_to_input": False, "normalize_activations": None}
+    cfg = {
+        "architecture": "jumprelu",
+        "d_in": 16,
+        "d_sae": 64,
+        "dtype": "float32",
+        "model_name": "gemma-2-2b",
+        "hook_name": "blocks.12.hook_resid_post",
+        "hook_head_index": None,
+        "activation_fn": "relu",
+        "finetuning_scaling_factor": False,
+        "prepend_bos": True,
+        "context_size": 1024,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": None,
+    }
     w = _weights()
     thr = torch.rand(64) * 0.5 + 0.05
     sae = load_sae(_write(tmp_path, cfg, {**w, "log_threshold": thr.log()}))
@@ -88,9 +114,17 @@ def test_gemma_scope_style_jumprelu_with_log_threshold(tmp_path: Path) -> None:
 
 
 def test_llama_scope_scalar_threshold_and_scaling_factor(tmp_path: Path) -> None:
-    cfg = {"architecture": "jumprelu", "jump_relu_threshold": 0.25, "d_in": 16, "d_sae": 64, "dtype": "bfloat16",
-           "model_name": "meta-llama/Llama-3.1-8B", "hook_name": "blocks.0.hook_resid_post",
-           "apply_b_dec_to_input": False, "normalize_activations": "expected_average_only_in"}
+    cfg = {
+        "architecture": "jumprelu",
+        "jump_relu_threshold": 0.25,
+        "d_in": 16,
+        "d_sae": 64,
+        "dtype": "bfloat16",
+        "model_name": "meta-llama/Llama-3.1-8B",
+        "hook_name": "blocks.0.hook_resid_post",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "expected_average_only_in",
+    }
     w = _weights()
     scaling = torch.rand(64) + 0.5
     sae = load_sae(_write(tmp_path, cfg, {**w, "scaling_factor": scaling}), dtype="float32")
@@ -100,9 +134,17 @@ def test_llama_scope_scalar_threshold_and_scaling_factor(tmp_path: Path) -> None
 
 
 def test_saelens6_topk_rescale_by_decoder_norm_is_folded(tmp_path: Path) -> None:
-    cfg = {"architecture": "topk", "d_in": 16, "d_sae": 64, "k": 6, "dtype": "float32", "apply_b_dec_to_input": True,
-           "normalize_activations": "none", "rescale_acts_by_decoder_norm": True,
-           "metadata": {"model_name": "m", "hook_name": "blocks.2.hook_resid_post", "sae_lens_version": "6.5.0"}}
+    cfg = {
+        "architecture": "topk",
+        "d_in": 16,
+        "d_sae": 64,
+        "k": 6,
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "rescale_acts_by_decoder_norm": True,
+        "metadata": {"model_name": "m", "hook_name": "blocks.2.hook_resid_post", "sae_lens_version": "6.5.0"},
+    }
     w = _weights()
     sae = load_sae(_write(tmp_path, cfg, w))
     x = torch.randn(11, 16)
@@ -129,7 +171,9 @@ def test_shape_mismatch_nan_and_unknown_architecture(tmp_path: Path) -> None:
     save_sae(random_sae("topk"), folder)
     raw = json.loads((folder / CFG_FILE).read_text())
     (folder / CFG_FILE).write_text(json.dumps({**raw, "d_in": 32}))
-    with pytest.raises(SaesteerError, match=r"W_(enc|dec) has shape .* the config and weights belong to different SAEs"):
+    with pytest.raises(
+        SaesteerError, match=r"W_(enc|dec) has shape .* the config and weights belong to different SAEs"
+    ):
         load_sae(folder)
     (folder / CFG_FILE).write_text(json.dumps({**raw, "architecture": "gated"}))
     with pytest.raises(SaesteerError, match="unsupported SAE architecture 'gated'"):

@@ -1,32 +1,11 @@
-"""Sparse kernels: exact top-k, and gradients equal to the dense reference computation."""
+"""Sparse kernels: pattern products, and step gradients equal to the dense reference computation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from saesteer.sae.kernels import SparseDecode, SparsePattern, TopKEncode, topk_select
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_topk_select_matches_torch_topk(dtype: torch.dtype) -> None:
-    torch.manual_seed(0)
-    pre = (torch.randn(300, 2048) + torch.linspace(-1, 1, 2048)).to(dtype)  # columns with different scales
-    vals, idx = topk_select(pre, 32)
-    ref, _ = pre.topk(32, dim=-1)
-    assert torch.equal(vals.sort(-1).values, ref.sort(-1).values)
-    assert torch.equal(pre.gather(1, idx), vals)
-    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct latents
-
-
-def test_topk_select_one_hot_heavy_column() -> None:
-    """All top entries in one strided column group: the candidate stage must still find them."""
-    pre = torch.zeros(4, 1024)
-    group_cols = torch.arange(5, 1024, 1024 // 16)  # the 16 members of column 5
-    pre[:, group_cols] = torch.arange(1, 17, dtype=torch.float32)
-    vals, idx = topk_select(pre, 8)
-    assert set(idx[0].tolist()) == set(group_cols[8:].tolist())
-    assert sorted(vals[0].tolist()) == list(range(9, 17))
+from saesteer.sae.kernels import SparsePattern, topk_step
 
 
 def test_sparse_pattern_products() -> None:
@@ -36,27 +15,19 @@ def test_sparse_pattern_products() -> None:
     vals = torch.randn(n, k)
     x = torch.randn(n, d)
     w = torch.randn(d_sae, d)
-    idx2 = torch.stack([torch.randperm(d_sae)[:3] for _ in range(n)])  # a second block (AuxK-like)
-    vals2 = torch.randn(n, 3)
     dense = torch.zeros(n, d_sae).scatter(1, idx, vals)
-    dense2 = torch.zeros(n, d_sae).scatter(1, idx2, vals2)
-    both = torch.cat([dense, dense2])  # [2n, d_sae]
-    p = SparsePattern([idx, idx2], d_sae)
-    flat = torch.cat([vals.reshape(-1), vals2.reshape(-1)])
-    torch.testing.assert_close(p.decode(flat, w), both @ w)
-    x2 = torch.randn(2 * n, d)
-    torch.testing.assert_close(p.t_matmul(flat, x2), both.T @ x2)
-    torch.testing.assert_close(p.t_matmul(flat, x), (dense + dense2).T @ x)  # N rows shared by both blocks
-    rd = p.row_dots(x2, w)
-    torch.testing.assert_close(rd, torch.cat([(x2[:n] @ w.T).gather(1, idx).reshape(-1),
-                                              (x2[n:] @ w.T).gather(1, idx2).reshape(-1)]))
-    torch.testing.assert_close(p.col_sums(flat), both.sum(0))
+    p = SparsePattern(idx, d_sae)
+    torch.testing.assert_close(p.decode(vals, w), dense @ w)
+    torch.testing.assert_close(p.t_matmul(vals, x), dense.T @ x)
+    torch.testing.assert_close(p.row_dots(x, w), (x @ w.T).gather(1, idx))
+    torch.testing.assert_close(p.col_sums(vals), dense.sum(0))
 
 
-def test_encode_decode_gradients_equal_dense_reference() -> None:
+@pytest.mark.parametrize("with_aux", [True, False])
+def test_topk_step_gradients_equal_autograd_on_the_dense_reference(with_aux: bool) -> None:
     torch.manual_seed(0)
-    n, d, d_sae, k, k_aux = 64, 16, 256, 8, 5
-    x = torch.randn(n, d)
+    n, d, d_sae, k, k_aux, alpha = 64, 16, 256, 8, 5, 0.3
+    x = torch.randn(n, d) * 2 + 1
     w_enc = torch.randn(d_sae, d, requires_grad=True)
     b_enc = (torch.randn(d_sae) * 0.1).requires_grad_()
     w_dec = torch.randn(d_sae, d, requires_grad=True)
@@ -64,26 +35,37 @@ def test_encode_decode_gradients_equal_dense_reference() -> None:
     dead = torch.zeros(d_sae, dtype=torch.bool)
     dead[::3] = True
     params = (w_enc, b_enc, w_dec, b_dec)
-
-    pats: list[SparsePattern] = []
-    vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, w_enc, b_enc, b_dec, k, dead, k_aux, torch.float32, pats)
-    decoded = SparseDecode.apply(torch.cat([vals.reshape(-1), aux_vals.reshape(-1)]), pats[0], w_dec)
-    err = x - (decoded[:n] + b_dec)
-    e_hat = decoded[n:]
-    loss = err.pow(2).sum() + 0.3 * (e_hat - err.detach()).pow(2).sum()
-    grads = torch.autograd.grad(loss, params)
+    out = topk_step(
+        x,
+        w_enc.detach(),
+        b_enc.detach(),
+        w_dec.detach(),
+        b_dec.detach(),
+        k,
+        dead if with_aux else None,
+        k_aux if with_aux else 0,
+        alpha,
+        torch.float32,
+    )
 
     pre = (x - b_dec) @ w_enc.T + b_enc
     tv, ti = pre.topk(k, dim=-1)
     z = torch.zeros_like(pre).scatter(1, ti, tv.relu())
-    err2 = x - (z @ w_dec + b_dec)
-    av, ai = torch.where(dead, pre, -torch.inf).topk(k_aux, dim=-1)
-    za = torch.zeros_like(pre).scatter(1, ai, av.relu())
-    loss2 = err2.pow(2).sum() + 0.3 * (za @ w_dec - err2.detach()).pow(2).sum()
-    ref = torch.autograd.grad(loss2, params)
+    err = x - (z @ w_dec + b_dec)
+    total_var = (x - x.mean(0)).pow(2).sum()
+    fvu = err.pow(2).sum() / total_var
+    loss = fvu
+    if with_aux:
+        av, ai = torch.where(dead, pre, -torch.inf).topk(k_aux, dim=-1)
+        za = torch.zeros_like(pre).scatter(1, ai, av.relu())
+        auxk = (za @ w_dec - err.detach()).pow(2).sum() / total_var
+        loss = fvu + alpha * auxk
+        torch.testing.assert_close(out.auxk, auxk.detach())
+    ref = torch.autograd.grad(loss, params)
 
-    assert torch.equal(idx.sort(-1).values, ti.sort(-1).values)
-    assert dead[aux_idx].all()
-    torch.testing.assert_close(loss, loss2)
-    for g, r in zip(grads, ref, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out.fvu, fvu.detach())
+    assert torch.equal(out.idx.sort(-1).values, ti.sort(-1).values)
+    torch.testing.assert_close(out.vals.gather(1, out.idx.argsort(-1)), tv.relu().gather(1, ti.argsort(-1)))
+    got = (out.grad_W_enc_t, out.grad_b_enc, out.grad_W_dec, out.grad_b_dec)
+    for name, g, r in zip(("W_enc_t", "b_enc", "W_dec", "b_dec"), got, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=name)

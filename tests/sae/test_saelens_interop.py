@@ -37,8 +37,11 @@ def test_ours_load_in_saelens_with_equal_encodings(arch: str, tmp_path: Path) ->
 def test_saelens_files_load_here_with_equal_encodings(arch: str, tmp_path: Path) -> None:
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-    kinds = {"topk": (TopKSAE, TopKSAEConfig, {"k": 7}), "relu": (StandardSAE, StandardSAEConfig, {}),
-             "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {})}
+    kinds = {
+        "topk": (TopKSAE, TopKSAEConfig, {"k": 7}),
+        "relu": (StandardSAE, StandardSAEConfig, {}),
+        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
+    }
     cls, cfg_cls, extra = kinds[arch]
     torch.manual_seed(0)
     theirs = cls(cfg_cls(d_in=24, d_sae=96, **extra))

@@ -19,9 +19,19 @@ from tests.sae.conftest import SparseSource
 
 
 def small_cfg(out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(k=4, d_sae=256, batch_size=128, total_tokens=128 * 12, lr=3e-3, warmup_steps=2,
-                                dead_tokens=128 * 4, checkpoint_every=4, out_dir=str(out), progress=False,
-                                log_every=1)
+    base: dict[str, Any] = dict(
+        k=4,
+        d_sae=256,
+        batch_size=128,
+        total_tokens=128 * 12,
+        lr=3e-3,
+        warmup_steps=2,
+        dead_tokens=128 * 4,
+        checkpoint_every=4,
+        out_dir=str(out),
+        progress=False,
+        log_every=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -58,9 +68,9 @@ def test_exported_sae_folds_the_input_scale(tmp_path: Path, source: SparseSource
     x = source.held_out(256)
     xs = x * trainer.scale
     with torch.no_grad():
-        _, _, vals, idx = trainer.forward_losses(xs, None)
-        recon_scaled = torch.nn.functional.embedding_bag(idx, trainer.W_dec, per_sample_weights=vals, mode="sum")
-        recon_scaled = recon_scaled + trainer.b_dec
+        out = trainer.compute(xs, None)
+        recon = torch.nn.functional.embedding_bag(out.idx, trainer.W_dec, per_sample_weights=out.vals, mode="sum")
+        recon_scaled = recon + trainer.b_dec
     torch.testing.assert_close(sae(x) * trainer.scale, recon_scaled, rtol=1e-4, atol=1e-4)
 
 
@@ -123,8 +133,9 @@ def test_nan_batch_stops_with_message_and_keeps_last_checkpoint(tmp_path: Path, 
     assert res.steps == 12
 
 
-def test_corrupt_checkpoint_falls_back_then_errors(tmp_path: Path, source: SparseSource,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_checkpoint_falls_back_then_errors(
+    tmp_path: Path, source: SparseSource, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = small_cfg(tmp_path, total_tokens=128 * 8)
     train_sae(cfg, source.batches, source.d)
     ckpts = list_checkpoints(tmp_path / "checkpoints")
@@ -167,10 +178,11 @@ def test_bad_inputs(tmp_path: Path, source: SparseSource) -> None:
         small_cfg(tmp_path, total_tokens=10).validate()
 
 
-def test_short_source_stops_early_with_warning(tmp_path: Path, source: SparseSource,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_short_source_stops_early_with_warning(
+    tmp_path: Path, source: SparseSource, capsys: pytest.CaptureFixture[str]
+) -> None:
     def five(start: int) -> Iterator[torch.Tensor]:
-        for i, b in zip(range(start, 5), source.batches(start), strict=False):
+        for _, b in zip(range(start, 5), source.batches(start), strict=False):
             yield b
 
     res = train_sae(small_cfg(tmp_path), five, source.d)

@@ -27,9 +27,17 @@ def lm() -> Any:
 
 def _generate(lm: Any, enc: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
-        out = lm.model.generate(**enc, max_new_tokens=NEW, do_sample=False, temperature=None, top_p=None, top_k=None,
-                                pad_token_id=lm.tokenizer.pad_token_id, eos_token_id=eos_ids(lm.model, lm.tokenizer))
-    return out[:, enc["input_ids"].shape[1]:]
+        out = lm.model.generate(
+            **enc,
+            max_new_tokens=NEW,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            eos_token_id=eos_ids(lm.model, lm.tokenizer),
+        )
+    return out[:, enc["input_ids"].shape[1] :]
 
 
 def test_clamp_changes_generations_deterministically_and_noop_does_not(lm: Any) -> None:

@@ -33,9 +33,12 @@ CORPUS_REL = "corpus/english_mix_corpus.jsonl.gz"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-sae", help="train a Top-k SAE on an activation cache",
-                       description="Train a Top-k SAE (AuxK, unit-norm decoder, sparse kernels) on a harvested "
-                                   "activation cache; checkpoints every N steps and resumes when rerun.")
+    p = sub.add_parser(
+        "train-sae",
+        help="train a Top-k SAE on an activation cache",
+        description="Train a Top-k SAE (AuxK, unit-norm decoder, sparse kernels) on a harvested "
+        "activation cache; checkpoints every N steps and resumes when rerun.",
+    )
     p.add_argument("--acts", required=True, metavar="DIR", help="activation cache folder from `saesteer harvest`")
     p.add_argument("--expect-model", metavar="NAME", help="fail unless the cache was harvested from this model")
     p.add_argument("--expect-hook", metavar="HOOK", help="fail unless the cache is at this hook point")
@@ -43,9 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(func=run_train)
 
-    e = sub.add_parser("sae-eval", help="measure an SAE: FVU, L0, dead/dense, spliced CE and KL",
-                       description="Evaluate an SAE folder (SAELens layout): reconstruction metrics on held-out "
-                                   "cache tokens and CE/KL with the SAE spliced into the model on corpus texts.")
+    e = sub.add_parser(
+        "sae-eval",
+        help="measure an SAE: FVU, L0, dead/dense, spliced CE and KL",
+        description="Evaluate an SAE folder (SAELens layout): reconstruction metrics on held-out "
+        "cache tokens and CE/KL with the SAE spliced into the model on corpus texts.",
+    )
     e.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
     add_dataclass_args(e, EvalConfig)
     add_model_args(e)
@@ -90,8 +96,10 @@ def run_train(args: argparse.Namespace) -> int:
         cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     epochs = cfg.total_tokens / max(store.n_tokens, 1)
     if rank == 0 and epochs > 1:
-        print(f"saesteer: note: {cfg.total_tokens:,} training tokens from a cache of {store.n_tokens:,} "
-              f"(~{epochs:.1f} epochs; harvest more for fewer repeats)")
+        print(
+            f"saesteer: note: {cfg.total_tokens:,} training tokens from a cache of {store.n_tokens:,} "
+            f"(~{epochs:.1f} epochs; harvest more for fewer repeats)"
+        )
     out = Path(cfg.out_dir)
     if rank == 0:
         write_resolved_config(out, train_sae=cfg)
@@ -102,9 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if rank == 0:
         last = result.log[-1] if result.log else {}
-        print(f"SAE in {result.sae_dir}: {result.steps} steps, {result.tokens:,} tokens, "
-              f"{result.tokens_per_s:,.0f} tokens/s; last fvu {last.get('fvu', float('nan')):.4f}, "
-              f"dead {last.get('dead_frac', float('nan')):.1%}")
+        print(
+            f"SAE in {result.sae_dir}: {result.steps} steps, {result.tokens:,} tokens, "
+            f"{result.tokens_per_s:,.0f} tokens/s; last fvu {last.get('fvu', float('nan')):.4f}, "
+            f"dead {last.get('dead_frac', float('nan')):.1%}"
+        )
     return 0
 
 
@@ -124,8 +134,11 @@ class EvalConfig:
     n_texts: int = opt(64, "number of texts (the corpus's last ones, least likely harvested) for spliced metrics")
     context_len: int = opt(128, "tokens per text window")
     batch_size: int = opt(8, "windows per forward pass")
-    outlier_factor: float = opt(8.0, "leave tokens unspliced whose norm exceeds this many times the median "
-                                     "(as harvest drops them from training; 0: splice all)")
+    outlier_factor: float = opt(
+        8.0,
+        "leave tokens unspliced whose norm exceeds this many times the median "
+        "(as harvest drops them from training; 0: splice all)",
+    )
     data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data)")
     out_dir: str | None = opt(None, "where sae_eval.json goes (default: <sae>/../eval)")
 
@@ -175,8 +188,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if not cfg.sae:
         raise SaesteerError("no SAE given; pass --sae DIR (a folder with cfg.json and sae_weights.safetensors)")
     sae = load_sae(cfg.sae, dtype="float32")
-    results: dict[str, Any] = {"sae": str(Path(cfg.sae).resolve()), "hook_name": sae.cfg.hook_name,
-                               "model_name": sae.cfg.model_name}
+    results: dict[str, Any] = {
+        "sae": str(Path(cfg.sae).resolve()),
+        "hook_name": sae.cfg.hook_name,
+        "model_name": sae.cfg.model_name,
+    }
     if cfg.acts:
         from saesteer.activations.store import ActivationStore
 
@@ -191,8 +207,10 @@ def run_eval(args: argparse.Namespace) -> int:
         adapter = ArchAdapter(lm.model)
         check_sae_model(sae, adapter.d_model, model_cfg.model, adapter.n_layers)
         if sae.cfg.model_name and sae.cfg.model_name not in (model_cfg.model, lm.spec):
-            print(f"saesteer: warning: the SAE was trained on {sae.cfg.model_name!r}, evaluating on {model_cfg.model!r}",
-                  file=sys.stderr)
+            print(
+                f"saesteer: warning: the SAE was trained on {sae.cfg.model_name!r}, evaluating on {model_cfg.model!r}",
+                file=sys.stderr,
+            )
         ids, mask = _corpus_windows(cfg, lm.tokenizer)
         device = lm.device
         sae = sae.to(device)

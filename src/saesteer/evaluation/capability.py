@@ -12,7 +12,8 @@ model (SAE-feature clamping, a direction ablation) are active while it is measur
 * **GSM8K** -- ``k`` worked examples from the train split (calculator annotations removed, ending in
   ``"The answer is N."``), greedy decoding, exact match of the final number. ``chat=True`` (default) renders the shots
   as earlier user/assistant turns of the model's chat template, the way a chat model is steered and used;
-  ``chat=False`` uses a plain ``"Question: ...\\nAnswer:"`` prompt (closest to lm-evaluation-harness).
+  ``chat=False`` uses a plain ``"Question: ...\\nAnswer:"`` prompt (closest to lm-evaluation-harness); see
+  :mod:`saesteer.evaluation.gsm8k`.
 
 Log-likelihoods come from :func:`saesteer.evaluation.loglik.loglikelihoods` (batched, lm-eval's tokenisation).
 Prompts longer than ``max_length`` lose few-shot examples first, then tokens from the left. ``builtin=True`` scores
@@ -65,11 +66,19 @@ class CapabilityConfig:
     gsm8k_chat: bool = opt(True, "GSM8K through the chat template (shots as earlier turns); off: plain prompt")
     gsm8k_max_new_tokens: int = opt(256, "GSM8K tokens generated per answer")
     batch_size: int = opt(8, "sequences per forward pass or generate batch")
-    max_length: int = opt(2048, "longest prompt in tokens (capped by the model's context); longer prompts drop "
-                                "few-shot examples, then tokens from the left")
+    max_length: int = opt(
+        2048,
+        "longest prompt in tokens (capped by the model's context); longer prompts drop "
+        "few-shot examples, then tokens from the left",
+    )
     seed: int = opt(0, "seed of the question samples and the GSM8K shot choice")
     data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data)")
     builtin: bool = opt(False, "score the built-in suites instead of the data directory (smaller, no files needed)")
+    share_prefix: bool = opt(
+        False,
+        "TruthfulQA: run the QA primer all answers share once and reuse its KV cache (~4x faster); exact for "
+        "per-position steering, not for a gate that judges the whole prompt",
+    )
 
 
 @dataclass
@@ -98,14 +107,14 @@ class BenchmarkResult:
         )
 
 
-def _rate(
+def rate_result(
     benchmark: str, correct: list[bool], seconds: float, settings: dict[str, Any], records: list[dict[str, Any]]
 ) -> BenchmarkResult:
     p, lo, hi = wilson(sum(correct), len(correct))
     return BenchmarkResult(benchmark, len(correct), p, lo, hi, "wilson", seconds, settings, records)
 
 
-def _fit(tokenizer: Any, build: Any, n_shots: int, max_length: int) -> tuple[str, int]:
+def fit_shots(tokenizer: Any, build: Any, n_shots: int, max_length: int) -> tuple[str, int]:
     """The prompt ``build(k)`` with the most shots ``k <= n_shots`` that fits ``max_length`` tokens (or k = 0)."""
     for k in range(n_shots, -1, -1):
         text = build(k)
@@ -147,7 +156,7 @@ def score_mmlu(
     prompts, used = [], []
     for q in questions:
         pool = list((shots or {}).get(q.subject, []))[:n_shots]
-        text, k = _fit(tokenizer, lambda k, q=q, pool=pool: mmlu_prompt(q, pool[:k]), len(pool), max_length)
+        text, k = fit_shots(tokenizer, lambda k, q=q, pool=pool: mmlu_prompt(q, pool[:k]), len(pool), max_length)
         prompts.append(text)
         used.append(k)
     reqs = [(p, f" {LETTERS[j]}") for p, q in zip(prompts, questions, strict=True) for j in range(len(q.choices))]
@@ -170,7 +179,7 @@ def score_mmlu(
             }
         )
     settings = {"shots": n_shots, "format": "lm-eval mmlu (letters, log-likelihood)"}
-    return _rate("mmlu", correct, time.perf_counter() - t0, settings, records)
+    return rate_result("mmlu", correct, time.perf_counter() - t0, settings, records)
 
 
 # --- TruthfulQA ------------------------------------------------------------------------------------------------
@@ -187,8 +196,10 @@ def score_truthfulqa(
     batch_size: int = 8,
     max_length: int = 2048,
     progress: bool = False,
+    share_prefix: bool = False,
 ) -> tuple[BenchmarkResult, BenchmarkResult]:
-    """(MC1, MC2) results; each answer is scored once even when it appears in both target lists."""
+    """(MC1, MC2) results; each answer is scored once even when it appears in both target lists.
+    ``share_prefix``: see :func:`saesteer.evaluation.loglik.loglikelihoods`."""
     if not items:
         raise SaesteerError("no TruthfulQA items to score; raise truthfulqa_n")
     t0 = time.perf_counter()
@@ -196,7 +207,7 @@ def score_truthfulqa(
     for it in items:
         for ans in (*it.mc1_choices, *it.mc2_choices):
             index.setdefault((truthfulqa_prompt(it.question), " " + ans), len(index))
-    lls = loglikelihoods(model, tokenizer, list(index), batch_size, max_length, progress, "truthfulqa")
+    lls = loglikelihoods(model, tokenizer, list(index), batch_size, max_length, progress, "truthfulqa", share_prefix)
     mc1, mc2, recs = [], [], []
     for it in items:
         ctx = truthfulqa_prompt(it.question)
@@ -213,7 +224,7 @@ def score_truthfulqa(
         recs.append({"id": it.id, "mc1_correct": ok, "mc2_true_mass": mass, "mc1_loglik": l1, "mc2_loglik": l2})
     sec = time.perf_counter() - t0
     settings = {"format": "TruthfulQA QA primer, answers scored by summed log-likelihood"}
-    r1 = _rate("truthfulqa_mc1", mc1, sec, settings, recs)
+    r1 = rate_result("truthfulqa_mc1", mc1, sec, settings, recs)
     m, lo, hi = mean_ci(mc2) if len(mc2) > 1 else (mc2[0], math.nan, math.nan)
     r2 = BenchmarkResult("truthfulqa_mc2", len(mc2), m, max(0.0, lo), min(1.0, hi), "t", sec, settings, recs)
     return r1, r2
@@ -288,7 +299,7 @@ def run_capability(
         out["mmlu"] = score_mmlu(model, tokenizer, d.mmlu, d.mmlu_shots, cfg.mmlu_shots, bs, ml, progress)
     if "truthfulqa" in benchmarks:
         out["truthfulqa_mc1"], out["truthfulqa_mc2"] = score_truthfulqa(
-            model, tokenizer, d.truthfulqa, bs, ml, progress
+            model, tokenizer, d.truthfulqa, bs, ml, progress, cfg.share_prefix
         )
     if "gsm8k" in benchmarks:
         out["gsm8k"] = score_gsm8k(

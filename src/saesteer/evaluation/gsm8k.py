@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import BenchmarkResult, _fit, _rate
+from saesteer.evaluation.capability import BenchmarkResult, fit_shots, rate_result
 from saesteer.evaluation.datasets import MathProblem
 from saesteer.evaluation.loglik import context_limit
 from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, generate
@@ -152,7 +152,9 @@ def score_gsm8k(
     else:
         prompts, used = [], []
         for q in problems:
-            text, k = _fit(tokenizer, lambda k, q=q: gsm8k_plain(q, shots[:k]), len(shots), max_length - max_new_tokens)
+            text, k = fit_shots(
+                tokenizer, lambda k, q=q: gsm8k_plain(q, shots[:k]), len(shots), max_length - max_new_tokens
+            )
             prompts.append(text)
             used.append(k)
         outs = _generate_plain(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
@@ -164,4 +166,4 @@ def score_gsm8k(
         correct.append(ok)
         recs.append({"id": q.id, "answer": q.answer, "prediction": pred, "correct": ok, "completion": out, "shots": k})
     settings = {"shots": len(shots), "chat": chat, "max_new_tokens": max_new_tokens, "decoding": "greedy"}
-    return _rate("gsm8k", correct, time.perf_counter() - t0, settings, recs)
+    return rate_result("gsm8k", correct, time.perf_counter() - t0, settings, recs)

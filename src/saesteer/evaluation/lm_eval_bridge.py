@@ -36,8 +36,8 @@ from saesteer.evaluation.capability import (
     LETTERS,
     BenchmarkResult,
     CapabilityConfig,
-    _rate,
     load_capability_data,
+    rate_result,
 )
 from saesteer.evaluation.datasets import MathProblem, MCQuestion, TruthfulQAItem
 from saesteer.evaluation.gsm8k import clean_solution
@@ -273,11 +273,11 @@ def evaluate_tasks(
                         "letters": LETTERS[: len(ll)],
                     }
                 )
-            out["mmlu"] = _rate("mmlu", [r["correct"] for r in recs], sec, settings, recs)
+            out["mmlu"] = rate_result("mmlu", [r["correct"] for r in recs], sec, settings, recs)
         elif bench == "truthfulqa":
             s1, s2 = _samples(res, names[0]), _samples(res, names[1])
             r1 = [{"id": s["doc"]["id"], "mc1_correct": bool(s["acc"]), "mc1_loglik": _ll(s)} for s in s1]
-            out["truthfulqa_mc1"] = _rate("truthfulqa_mc1", [r["mc1_correct"] for r in r1], sec, settings, r1)
+            out["truthfulqa_mc1"] = rate_result("truthfulqa_mc1", [r["mc1_correct"] for r in r1], sec, settings, r1)
             mass = [float(s["acc"]) for s in s2]
             m, lo, hi = mean_ci(mass) if len(mass) > 1 else (mass[0], math.nan, math.nan)
             r2 = [{"id": s["doc"]["id"], "mc2_true_mass": float(s["acc"]), "mc2_loglik": _ll(s)} for s in s2]
@@ -296,7 +296,7 @@ def evaluate_tasks(
                 }
                 for s in ss
             ]
-            out["gsm8k"] = _rate("gsm8k", [r["correct"] for r in recs], sec, settings, recs)
+            out["gsm8k"] = rate_result("gsm8k", [r["correct"] for r in recs], sec, settings, recs)
     return out
 
 

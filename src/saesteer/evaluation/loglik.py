@@ -10,6 +10,7 @@ Forward hooks on the model (steering) are active.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -50,11 +51,21 @@ def _supports_logits_to_keep(model: Any) -> bool:
 
 
 @torch.no_grad()
-def last_logprobs(model: Any, rows: Sequence[Sequence[int]], keep: int, pad_id: int) -> torch.Tensor:
+def prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
+    """The KV cache of one forward pass over ``prefix`` (shared by rows scored with :func:`last_logprobs`)."""
+    dev = next(model.parameters()).device
+    return model(input_ids=torch.tensor([list(prefix)], device=dev), use_cache=True).past_key_values
+
+
+@torch.no_grad()
+def last_logprobs(
+    model: Any, rows: Sequence[Sequence[int]], keep: int, pad_id: int, prefix: tuple[Any, int] | None = None
+) -> torch.Tensor:
     """Log-softmax (fp32) at the last ``keep`` positions of each row: ``[len(rows), keep, vocab]``.
 
     Rows are left-padded into one batch with ``position_ids`` that skip the padding, so every row ends at the
-    same position and each row's scores match an unpadded forward of that row.
+    same position and each row's scores match an unpadded forward of that row. With ``prefix = (cache, length)``
+    the rows continue a cached prefix (:func:`prefix_cache`), copied for each row.
     """
     dev = next(model.parameters()).device
     width = max(len(r) for r in rows)
@@ -64,12 +75,13 @@ def last_logprobs(model: Any, rows: Sequence[Sequence[int]], keep: int, pad_id: 
         ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
         mask[i, width - len(r) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs: dict[str, Any] = {
-        "input_ids": ids.to(dev),
-        "attention_mask": mask.to(dev),
-        "position_ids": pos.to(dev),
-        "use_cache": False,
-    }
+    kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "use_cache": False}
+    if prefix is not None:
+        cache, plen = copy.deepcopy(prefix[0]), prefix[1]
+        cache.batch_repeat_interleave(len(rows))
+        mask, pos = torch.cat([torch.ones((len(rows), plen), dtype=torch.long), mask], dim=1), pos + plen
+        kwargs.update(past_key_values=cache, use_cache=True)
+    kwargs.update(attention_mask=mask.to(dev), position_ids=pos.to(dev))
     if _supports_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits[:, -keep:, :]
@@ -84,11 +96,15 @@ def loglikelihoods(
     max_length: int = 2048,
     progress: bool = False,
     desc: str = "loglik",
+    share_prefix: bool = False,
 ) -> list[float]:
     """``sum log p(continuation | context)`` for each ``(context, continuation)`` pair.
 
     Pairs that share a context and whose continuations are one token each (multiple-choice letters) share one
-    forward pass of the context; other pairs get one row ``context + continuation[:-1]`` each.
+    forward pass of the context; other pairs get one row ``context + continuation[:-1]`` each. ``share_prefix``:
+    the token prefix common to all rows (e.g. a few-shot primer) is run once and its KV cache reused -- the same
+    numbers for hooks that act per position, but a hook that judges the whole prompt in its first forward pass
+    (a gate) then sees only the prefix there.
     """
     max_length = context_limit(model, max_length)
     if batch_size < 1 or max_length < 2:
@@ -113,14 +129,31 @@ def loglikelihoods(
             rows.append(((ci + xi[:-1])[-max_length:], [(i, xi)]))
     order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))
     out = [0.0] * len(requests)
+    plen, prefix = common_prefix_length([r[0] for r in rows]) if share_prefix else 0, None
+    if plen >= 8 and all(len(r[0]) <= max_length for r in rows):
+        prefix = (prefix_cache(model, rows[0][0][:plen]), plen)
+        rows = [(r[plen:], t) for r, t in rows]
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         batch = [rows[r] for r in order[start : start + batch_size]]
         keep = max(len(cont) for b in batch for _, cont in b[1])
-        lp = last_logprobs(model, [b[0] for b in batch], keep, pad_id)
+        lp = last_logprobs(model, [b[0] for b in batch], keep, pad_id, prefix)
         for b, (_, targets) in enumerate(batch):
             for req, cont in targets:
                 pos = lp[b, keep - len(cont) :]
                 out[req] = float(pos.gather(-1, torch.tensor(cont, device=pos.device)[:, None]).sum())
     return out
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all rows share, leaving at least one token of each row after it."""
+    if not rows:
+        return 0
+    n, first = min(len(r) for r in rows) - 1, rows[0]
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)

@@ -24,7 +24,8 @@ from typing import Any
 
 from saesteer.config import opt
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.datasets import Prompt, has_data, load_prompts
+from saesteer.evaluation.datafiles import resolve_data_dir
+from saesteer.evaluation.datasets import Prompt, load_prompts
 from saesteer.evaluation.judges import Judge, get_judge
 from saesteer.evaluation.stats import wilson
 from saesteer.model.generation import GenerationConfig, generate
@@ -246,18 +247,21 @@ def refusal_rate(
     )
 
 
+SET_FILES = {
+    "harmbench_test": "safety/harmbench_test.csv",
+    "jbb_harmful": "safety/jbb_harmful.csv",
+    "advbench": "safety/advbench_harmful_behaviors.csv",
+    "xstest_unsafe": "safety/xstest_prompts.csv",
+    "xstest_safe": "safety/xstest_prompts.csv",
+    "jbb_benign": "safety/jbb_benign.csv",
+    "alpaca": "harmless/alpaca_instructions.json",
+}
+
+
 def default_sets(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """The data-directory sets when every file is present, else the built-in suites."""
-    names = {
-        "harmbench_test": "harmbench",
-        "jbb_harmful": "jbb",
-        "advbench": "advbench",
-        "xstest_unsafe": "xstest",
-        "xstest_safe": "xstest",
-        "jbb_benign": "jbb",
-        "alpaca": "alpaca",
-    }
-    if all(has_data(names[s], data_dir) for s in DATA_SETS):
+    """The data-directory sets when every one of their files is present, else the built-in suites."""
+    root = resolve_data_dir(data_dir)
+    if root is not None and all((root / SET_FILES[s]).is_file() for s in DATA_SETS):
         return list(DATA_SETS)
     return list(BUILTIN_SETS)
 

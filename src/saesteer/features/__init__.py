@@ -1,1 +1,59 @@
-"""saesteer.features"""
+"""Refusal feature discovery and interpretation.
+
+* :mod:`~saesteer.features.refusal_score` -- a one-forward-pass refusal score and its calibration;
+* :mod:`~saesteer.features.candidates` -- the paper's search (features on the model's own refusals);
+* :mod:`~saesteer.features.rankers` -- contrastive, decoder-cosine and attribution rankers;
+* :mod:`~saesteer.features.screen` -- the causal screen (cheap score, then generation + judge);
+* :mod:`~saesteer.features.control` -- an automatically chosen control feature;
+* :mod:`~saesteer.features.contexts` / :mod:`~saesteer.features.interpret` -- top contexts, density,
+  logit lens;
+* :func:`~saesteer.features.pipeline.find_features` -- all of it, resumable, with features.json output.
+"""
+
+from saesteer.features.candidates import DEFAULT_ARCHETYPES, CandidateSearch, count_active, find_candidates
+from saesteer.features.config import FindFeaturesConfig
+from saesteer.features.contexts import ContextStore, build_store
+from saesteer.features.control import DEFAULT_TOPIC_PROMPTS, pick_control, topic_ranking
+from saesteer.features.interpret import FeatureCard, describe_feature, logit_lens, mask_pieces
+from saesteer.features.pipeline import find_features
+from saesteer.features.rankers import (
+    Ranking,
+    attribution_ranking,
+    contrastive_ranking,
+    diff_in_means,
+    direction_cosine_ranking,
+    post_instruction_acts,
+)
+from saesteer.features.refusal_score import RefusalTokens, auroc, calibrate_score, score_prompts
+from saesteer.features.screen import ScreenRunner, clamp_values, screen_pool
+
+__all__ = [
+    "DEFAULT_ARCHETYPES",
+    "DEFAULT_TOPIC_PROMPTS",
+    "CandidateSearch",
+    "ContextStore",
+    "FeatureCard",
+    "FindFeaturesConfig",
+    "Ranking",
+    "RefusalTokens",
+    "ScreenRunner",
+    "attribution_ranking",
+    "auroc",
+    "build_store",
+    "calibrate_score",
+    "clamp_values",
+    "contrastive_ranking",
+    "count_active",
+    "describe_feature",
+    "diff_in_means",
+    "direction_cosine_ranking",
+    "find_candidates",
+    "find_features",
+    "logit_lens",
+    "mask_pieces",
+    "pick_control",
+    "post_instruction_acts",
+    "score_prompts",
+    "screen_pool",
+    "topic_ranking",
+]

@@ -115,7 +115,31 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+_VERIFIED: set[tuple[str, tuple[tuple[str, int, int], ...]]] = set()
+
+
+def _stat_key(entry: Path) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    files = sorted(p for p in entry.iterdir() if p.is_file())
+    return str(entry.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
 def _cache_valid(entry: Path) -> bool:
+    """True if every file of a cached model matches its recorded size and sha256.
+
+    The full check runs once per process for an unchanged folder (same names, sizes, mtimes).
+    """
+    if not entry.is_dir():
+        return False
+    key = _stat_key(entry)
+    if key in _VERIFIED:
+        return True
+    if _check_files(entry):
+        _VERIFIED.add(key)
+        return True
+    return False
+
+
+def _check_files(entry: Path) -> bool:
     marker = entry / MARKER
     if not marker.is_file():
         return False

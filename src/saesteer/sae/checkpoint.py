@@ -46,12 +46,13 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     r = Path(root)
     if not r.is_dir():
         return []
-    found = [p for p in r.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+    found = [p for p in r.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
 
 
-def save_checkpoint(root: str | os.PathLike[str], step: int, tensors: dict[str, torch.Tensor],
-                    meta: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    root: str | os.PathLike[str], step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep: int = 2
+) -> Path:
     """Write checkpoint ``step`` atomically and delete all but the newest ``keep`` checkpoints."""
     r = Path(root)
     r.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, tensors: dict[str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(r)[max(keep, 1):]:
+    for old in list_checkpoints(r)[max(keep, 1) :]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in r.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)

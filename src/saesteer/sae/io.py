@@ -129,9 +129,7 @@ def _architecture(raw: dict[str, Any]) -> tuple[str, int | None]:
     if act == "topk" and arch in ("standard", "topk"):
         arch = "topk"
     if arch not in _FROM_SAELENS:
-        raise SaesteerError(
-            f"unsupported SAE architecture {arch!r}; saesteer loads {', '.join(sorted(_FROM_SAELENS))}"
-        )
+        raise SaesteerError(f"unsupported SAE architecture {arch!r}; saesteer loads {', '.join(sorted(_FROM_SAELENS))}")
     ours = _FROM_SAELENS[arch]
     if ours == "topk" and k is None:
         raise SaesteerError("Top-k SAE config has no k (neither 'k' nor activation_fn_kwargs.k); add it to cfg.json")
@@ -196,8 +194,9 @@ def _normalise_state(raw: dict[str, Any], cfg: SAEConfig, state: dict[str, torch
         state["W_dec"] = state["W_dec"] / norms[:, None]
 
 
-def load_sae(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-             dtype: str | torch.dtype | None = None) -> SAE:
+def load_sae(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+) -> SAE:
     """Load an SAELens-layout SAE folder (ours, or a saved SAELens release) as a saesteer :class:`SAE`.
 
     ``dtype`` defaults to the dtype named in ``cfg.json``. Raises :class:`SaesteerError` for a missing
@@ -238,4 +237,3 @@ def is_sae_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like an SAELens-layout SAE folder."""
     p = Path(path)
     return (p / CFG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
-

@@ -34,8 +34,9 @@ def _reconstruct(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 
 @torch.no_grad()
-def activation_metrics(sae: SAE, batches: Iterable[torch.Tensor], chunk: int = 4096,
-                       dense_threshold: float = 0.1) -> dict[str, float]:
+def activation_metrics(
+    sae: SAE, batches: Iterable[torch.Tensor], chunk: int = 4096, dense_threshold: float = 0.1
+) -> dict[str, float]:
     """FVU, MSE, L0, dead and dense fractions of ``sae`` over raw activation batches [N, d_in].
 
     FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all tokens. A latent is dead if it never fires
@@ -75,8 +76,9 @@ def activation_metrics(sae: SAE, batches: Iterable[torch.Tensor], chunk: int = 4
     }
 
 
-def _token_stats(logits: torch.Tensor, input_ids: torch.Tensor, valid: torch.Tensor,
-                 ref_logp: torch.Tensor | None) -> tuple[float, float]:
+def _token_stats(
+    logits: torch.Tensor, input_ids: torch.Tensor, valid: torch.Tensor, ref_logp: torch.Tensor | None
+) -> tuple[float, float]:
     """(mean next-token CE, mean KL(ref || this)) over ``valid`` [B, T-1] prediction positions."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
     ce = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
@@ -90,9 +92,15 @@ def _token_stats(logits: torch.Tensor, input_ids: torch.Tensor, valid: torch.Ten
 
 
 @torch.no_grad()
-def spliced_metrics(model: nn.Module, adapter: ArchAdapter, sae: SAE, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor | None = None, splice_mask: torch.Tensor | None = None,
-                    outlier_factor: float = 0.0) -> dict[str, Any]:
+def spliced_metrics(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    sae: SAE,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    splice_mask: torch.Tensor | None = None,
+    outlier_factor: float = 0.0,
+) -> dict[str, Any]:
     """CE / KL of the model with ``sae`` spliced in at ``sae.cfg.hook_name``, on one token batch.
 
     ``splice_mask`` [B, T] (bool, optional) limits where the SAE replaces the activation (default: every

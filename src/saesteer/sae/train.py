@@ -35,8 +35,24 @@ from saesteer.sae.trainer import TopKTrainer
 
 BatchSource = Callable[[int], Iterable[torch.Tensor]]
 # config fields that must match for a checkpoint to be resumed
-_RESUME_KEYS = ("k", "d_sae", "lr", "warmup_steps", "decay_frac", "batch_size", "total_tokens", "auxk_alpha",
-                "k_aux", "dead_tokens", "seed", "b_dec_init", "compute_dtype", "adam_beta1", "adam_beta2", "adam_eps")
+_RESUME_KEYS = (
+    "k",
+    "d_sae",
+    "lr",
+    "warmup_steps",
+    "decay_frac",
+    "batch_size",
+    "total_tokens",
+    "auxk_alpha",
+    "k_aux",
+    "dead_tokens",
+    "seed",
+    "b_dec_init",
+    "compute_dtype",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_eps",
+)
 _COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -144,8 +160,9 @@ def _try_resume(trainer: TopKTrainer, cfg: TrainConfig, d_in: int, ckpt_dir: Pat
     return list(meta.get("log", []))
 
 
-def _checkpoint(trainer: TopKTrainer, cfg: TrainConfig, d_in: int, ckpt_dir: Path, log: list[dict[str, Any]],
-                out: Path) -> None:
+def _checkpoint(
+    trainer: TopKTrainer, cfg: TrainConfig, d_in: int, ckpt_dir: Path, log: list[dict[str, Any]], out: Path
+) -> None:
     if trainer.rank != 0:
         return
     meta = {**trainer.state_meta(), "config": _resume_key(cfg, d_in), "log": log}
@@ -153,9 +170,16 @@ def _checkpoint(trainer: TopKTrainer, cfg: TrainConfig, d_in: int, ckpt_dir: Pat
     atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
 
 
-def train_sae(cfg: TrainConfig, batches: BatchSource, d_in: int, *, hook_name: str = "", model_name: str = "",
-              metadata: dict[str, Any] | None = None,
-              on_step: Callable[[TopKTrainer, dict[str, Any]], None] | None = None) -> TrainResult:
+def train_sae(
+    cfg: TrainConfig,
+    batches: BatchSource,
+    d_in: int,
+    *,
+    hook_name: str = "",
+    model_name: str = "",
+    metadata: dict[str, Any] | None = None,
+    on_step: Callable[[TopKTrainer, dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train (or resume training) a Top-k SAE and save it to ``cfg.out_dir/sae`` in SAELens layout.
 
     ``batches(start_step)`` yields raw activation batches [batch_size, d_in] from batch ``start_step`` on.
@@ -177,8 +201,15 @@ def train_sae(cfg: TrainConfig, batches: BatchSource, d_in: int, *, hook_name: s
         log = []
     total = cfg.total_steps
     stream: Iterator[torch.Tensor] = iter(batches(trainer.step))
-    bar = tqdm(total=total * cfg.batch_size, initial=trainer.step * cfg.batch_size, unit="tok", unit_scale=True,
-               desc="train-sae", disable=not cfg.progress or trainer.rank != 0, dynamic_ncols=True)
+    bar = tqdm(
+        total=total * cfg.batch_size,
+        initial=trainer.step * cfg.batch_size,
+        unit="tok",
+        unit_scale=True,
+        desc="train-sae",
+        disable=not cfg.progress or trainer.rank != 0,
+        dynamic_ncols=True,
+    )
     t0, steps0 = time.perf_counter(), trainer.step
     try:
         for batch in itertools.islice(stream, total - trainer.step):
@@ -186,8 +217,9 @@ def train_sae(cfg: TrainConfig, batches: BatchSource, d_in: int, *, hook_name: s
             entry = {"step": trainer.step, "tokens": trainer.tokens, **vars(stats)}
             if trainer.step % cfg.log_every == 0 or trainer.step == total:
                 log.append(entry)
-                bar.set_postfix(fvu=f"{stats.fvu:.3f}", l0=f"{stats.l0:.1f}", dead=f"{stats.dead_frac:.1%}",
-                                refresh=False)
+                bar.set_postfix(
+                    fvu=f"{stats.fvu:.3f}", l0=f"{stats.l0:.1f}", dead=f"{stats.dead_frac:.1%}", refresh=False
+                )
             bar.update(batch.shape[0] * trainer.world)
             if trainer.step % cfg.checkpoint_every == 0 and trainer.step < total:
                 _checkpoint(trainer, cfg, d_in, ckpt_dir, log, out)
@@ -197,8 +229,9 @@ def train_sae(cfg: TrainConfig, batches: BatchSource, d_in: int, *, hook_name: s
         bar.close()
     elapsed = time.perf_counter() - t0
     if trainer.step < total:
-        print(f"saesteer: warning: the activation source ran out after {trainer.step} of {total} steps",
-              file=sys.stderr)
+        print(
+            f"saesteer: warning: the activation source ran out after {trainer.step} of {total} steps", file=sys.stderr
+        )
     _checkpoint(trainer, cfg, d_in, ckpt_dir, log, out)
     tok_s = (trainer.step - steps0) * cfg.batch_size * trainer.world / elapsed if elapsed > 0 else 0.0
     meta = {"train_config": config_to_dict(cfg), **(metadata or {})}
@@ -210,5 +243,4 @@ def train_sae(cfg: TrainConfig, batches: BatchSource, d_in: int, *, hook_name: s
             "steps": trainer.step, "tokens": trainer.tokens, "tokens_per_s": tok_s,
             "final": log[-1] if log else None, "sae_dir": str(sae_dir),
         })  # fmt: skip
-    return TrainResult(sae=sae, sae_dir=sae_dir, steps=trainer.step, tokens=trainer.tokens, tokens_per_s=tok_s,
-                       log=log)
+    return TrainResult(sae=sae, sae_dir=sae_dir, steps=trainer.step, tokens=trainer.tokens, tokens_per_s=tok_s, log=log)

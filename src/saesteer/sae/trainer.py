@@ -19,7 +19,7 @@ from torch import nn
 from saesteer.errors import SaesteerError
 from saesteer.sae.base import SAEConfig, TopKSAE
 from saesteer.sae.data_init import init_b_dec, input_scale
-from saesteer.sae.kernels import SparseDecode, SparsePattern, TopKEncode
+from saesteer.sae.kernels import StepOutput, topk_step
 
 _PARAMS = ("W_enc_t", "b_enc", "W_dec", "b_dec")
 
@@ -44,10 +44,25 @@ def _world() -> tuple[int, int]:
 class TopKTrainer:
     """Weights, optimizer and dead-latent counters of a Top-k SAE under training."""
 
-    def __init__(self, d_in: int, d_sae: int, k: int, *, lr: float, warmup_steps: int, decay_frac: float,
-                 total_steps: int, auxk_alpha: float, k_aux: int | None, dead_tokens: int,
-                 compute_dtype: torch.dtype, device: torch.device, seed: int,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        k: int,
+        *,
+        lr: float,
+        warmup_steps: int,
+        decay_frac: float,
+        total_steps: int,
+        auxk_alpha: float,
+        k_aux: int | None,
+        dead_tokens: int,
+        compute_dtype: torch.dtype,
+        device: torch.device,
+        seed: int,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         if not 1 <= k <= d_sae:
             raise SaesteerError(f"Top-k SAE needs 1 <= k <= d_sae (got k={k}, d_sae={d_sae})")
         self.d_in, self.d_sae, self.k = d_in, d_sae, k
@@ -75,6 +90,7 @@ class TopKTrainer:
         except (RuntimeError, TypeError):
             self.opt = torch.optim.Adam(self.params, foreach=True, **kw)
         self.rank, self.world = _world()
+        self._ws: dict[str, torch.Tensor] = {}  # step buffers reused across steps
 
     # ------------------------------------------------------------------------------ init / schedule
 
@@ -109,67 +125,72 @@ class TopKTrainer:
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.dead_tokens
 
-    def forward_losses(self, x: torch.Tensor, dead: torch.Tensor | None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fvu, auxk loss, selected values, selected indices) for scaled inputs ``x`` [N, d_in]."""
+    def aux_fraction(self, n_dead: int) -> float:
+        """AuxK weight factor min(n_dead / k_aux, 1) (fewer dead latents than k_aux weigh less)."""
+        return min(n_dead / self.k_aux, 1.0)
+
+    def compute(self, x: torch.Tensor, dead: torch.Tensor | None) -> StepOutput:
+        """Losses, selections and gradients for scaled inputs ``x`` [N, d_in] (AuxK over ``dead`` latents)."""
         n_dead = int(dead.sum()) if dead is not None else 0
         k_aux = min(self.k_aux, n_dead)
-        patterns: list[SparsePattern] = []
-        vals, idx, aux_vals, _ = TopKEncode.apply(
-            x, self.W_enc_t, self.b_enc, self.b_dec, self.k, dead if k_aux else None, k_aux,
-            self.compute_dtype, patterns,
-        )  # fmt: skip
-        values = torch.cat([vals.reshape(-1), aux_vals.reshape(-1)]) if k_aux else vals.reshape(-1)
-        decoded = SparseDecode.apply(values, patterns[0], self.W_dec)  # [N (+ N aux), d_in]
-        n = x.shape[0]
-        err = x - (decoded[:n] + self.b_dec)
-        total_var = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-        fvu = err.pow(2).sum() / total_var
-        auxk = fvu.new_zeros(())
-        if k_aux:
-            auxk = min(n_dead / self.k_aux, 1.0) * (decoded[n:] - err.detach()).pow(2).sum() / total_var
-        return fvu, auxk, vals, idx
+        return topk_step(
+            x,
+            self.W_enc_t,
+            self.b_enc,
+            self.W_dec,
+            self.b_dec,
+            self.k,
+            dead if k_aux else None,
+            k_aux,
+            self.auxk_alpha * self.aux_fraction(n_dead),
+            self.compute_dtype,
+            self._ws,
+        )
 
     def train_step(self, batch: torch.Tensor) -> StepStats:
         """One optimisation step on a raw activation batch [N, d_in]; raises on NaN/inf input or loss."""
         if batch.ndim != 2 or batch.shape[1] != self.d_in:
             raise SaesteerError(f"activation batch has shape {tuple(batch.shape)}; expected [N, {self.d_in}]")
-        x = batch.to(self.device, non_blocking=True).float() * self.scale
-        if not torch.isfinite(x).all():
-            raise SaesteerError(f"activation batch at step {self.step} holds NaN or inf values")
+        x = batch.to(self.device, non_blocking=True).float().mul_(self.scale)
         dead = self.dead_mask()
-        fvu, auxk, vals, idx = self.forward_losses(x, dead)
-        loss = fvu + self.auxk_alpha * auxk
-        if not torch.isfinite(loss):
-            raise SaesteerError(f"training loss became {loss.item()} at step {self.step} (fvu {fvu.item()})")
-        loss.backward()
+        out = self.compute(x, dead)
+        fvu, auxk = out.fvu.item(), out.auxk.item()
+        if not (math.isfinite(fvu) and math.isfinite(auxk)):
+            if not torch.isfinite(x).all():
+                raise SaesteerError(f"activation batch at step {self.step} holds NaN or inf values")
+            raise SaesteerError(f"training loss became non-finite at step {self.step} (fvu {fvu}, auxk {auxk})")
+        grads = (out.grad_W_enc_t, out.grad_b_enc, out.grad_W_dec, out.grad_b_dec)
         fired = torch.zeros(self.d_sae, dtype=torch.bool, device=self.device)
-        fired[idx[vals > 0]] = True
+        fired[out.idx[out.vals > 0]] = True
         if self.world > 1:
-            for p in self.params:
-                assert p.grad is not None
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+            for g in grads:
+                dist.all_reduce(g)
+                g /= self.world
             fired_i = fired.to(torch.int32)
             dist.all_reduce(fired_i, op=dist.ReduceOp.MAX)
             fired = fired_i.bool()
         with torch.no_grad():
-            g = self.W_dec.grad
-            assert g is not None  # keep the decoder on the unit sphere: drop the radial gradient
-            g -= (g * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+            g_dec = out.grad_W_dec  # keep the decoder on the unit sphere: drop the radial gradient
+            tmp = self._ws.get("radial")
+            if tmp is None or tmp.shape != g_dec.shape:
+                tmp = self._ws["radial"] = torch.empty_like(g_dec)
+            radial = torch.mul(g_dec, self.W_dec, out=tmp).sum(dim=1, keepdim=True)
+            g_dec.addcmul_(self.W_dec, radial, value=-1.0)
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = g
             lr = self.lr_at(self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min_(1e-12))
             n_tok = x.shape[0] * self.world
             self.tokens_since_fired += n_tok
             self.tokens_since_fired[fired] = 0
         self.step += 1
         self.tokens += n_tok
         return StepStats(
-            fvu=fvu.item(), auxk=auxk.item(), l0=(vals > 0).sum().item() / x.shape[0],
+            fvu=fvu, auxk=auxk * self.aux_fraction(int(dead.sum())), l0=(out.vals > 0).sum().item() / x.shape[0],
             dead_frac=self.dead_mask().float().mean().item(), lr=lr,
         )  # fmt: skip
 

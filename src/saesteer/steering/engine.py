@@ -35,8 +35,8 @@ from saesteer.steering.positions import (
     Positions,
     expand_rows,
     forward_info,
-    nothing_selected,
     position_mask,
+    selects_nothing,
 )
 
 _ORDER = {"resid_pre": 0, "mlp_out": 1, "resid_post": 2}
@@ -167,6 +167,7 @@ class SteeringHandle:
         self.session_batch = 0
         self.gate_on: torch.Tensor | None = None  # (batch,) bool, decided on the prompt pass
         self.gate_scores: torch.Tensor | None = None  # (batch,) the last prompt's gate scores
+        self.gate_any = False  # whether any example of the session is steered (skips the edit if not)
         self._handles: list[RemovableHandle] = []
         stack = _decoder_stack(adapter)
         self._handles.append(stack.register_forward_pre_hook(self._on_forward, with_kwargs=True))
@@ -201,6 +202,7 @@ class SteeringHandle:
             self.prompt_len = info.seq
             self.session_batch = info.batch
             self.gate_on = None
+            self.gate_any = False
         elif self.session_batch != info.batch:
             if self.steering.gate is not None or self.steering.positions.mode != "all":
                 raise SaesteerError(
@@ -227,17 +229,22 @@ class SteeringHandle:
         scores = gate.scores(x, real)
         self.gate_scores = scores.detach()
         self.gate_on = gate.decide(scores)
+        self.gate_any = bool(self.gate_on.any())  # one device sync per prompt, none per decode step
         return None
 
     def _on_layer(self, x: torch.Tensor) -> torch.Tensor | None:
         info = self._current()
         st = self.steering
-        sel = position_mask(st.positions, info, self.prompt_len, x.device)
+        if selects_nothing(st.positions, info, self.prompt_len):
+            return None
         if st.gate is not None:
             if self.gate_on is None:
                 raise RuntimeError("steering: the gate did not run on the prompt pass")
+            if not self.gate_any:
+                return None
+        sel = position_mask(st.positions, info, self.prompt_len, x.device)
+        if st.gate is not None:
+            assert self.gate_on is not None
             g = expand_rows(self.gate_on, info.batch, "gate decision").to(x.device).unsqueeze(1)
             sel = g.expand(info.batch, info.seq) if sel is None else sel & g
-        if nothing_selected(sel):
-            return None
         return st.editor.apply(x, sel, info)

@@ -82,8 +82,8 @@ class EditContext(Protocol):
         """``W_dec[feature]`` as float32 (d_model,) on the activation's device."""
         ...
 
-    def value(self, value: Value) -> torch.Tensor:
-        """A value broadcast to (batch, seq, 1) float32 (or a 0-d tensor for numbers)."""
+    def value(self, value: Value) -> torch.Tensor | float:
+        """A value broadcast to (batch, seq, 1) float32 (a float for numbers)."""
         ...
 
     def vector(self, key: int, vec: torch.Tensor) -> torch.Tensor:

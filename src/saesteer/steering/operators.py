@@ -62,16 +62,31 @@ def topk_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -
     if not exact:
         return relu_reader(sae, feats, device, exact)
     w, b = _fold_input(sae, device, None)
+    w_f, b_f = _fold_input(sae, device, feats)
     k = int(sae.cfg.k or 1)
     idx = torch.tensor(feats, device=device)
 
-    def read(x: torch.Tensor) -> torch.Tensor:
+    def full(x: torch.Tensor) -> torch.Tensor:
         pre = torch.addmm(b, x, w)  # (N, d_sae)
         kth = pre.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
         pre_f = pre.index_select(-1, idx)
         return torch.relu(pre_f) * (pre_f >= kth)
 
+    def read(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= GATHER_ROWS:
+            return full(x)
+        # many rows (a prompt pass): z_f is 0 wherever pre_f <= 0 whatever the other latents do, so
+        # run the full encoder only on the rows where some edited feature's pre-activation is positive
+        rows = (torch.addmm(b_f, x, w_f) > 0).any(-1).nonzero().squeeze(1)
+        z = torch.zeros(x.shape[0], len(feats), device=x.device, dtype=torch.float32)
+        if rows.numel():
+            z[rows] = full(x.index_select(0, rows))
+        return z
+
     return read
+
+
+GATHER_ROWS = 64  # above this many rows, the exact Top-k reader encodes only the rows that need it
 
 
 def encode_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -> Reader:
@@ -109,10 +124,11 @@ class StepContext:
     def vector(self, key: int, vec: torch.Tensor) -> torch.Tensor:
         return self.editor.cached(("vec", key, self.x.device), lambda: vec.to(self.x.device, torch.float32))
 
-    def value(self, value: Value) -> torch.Tensor:
+    def value(self, value: Value) -> torch.Tensor | float:
         if not isinstance(value, torch.Tensor):
-            return torch.tensor(float(value), device=self.x.device)
-        v = value.to(self.x.device, torch.float32)
+            return float(value)  # a Python number: no host-to-device copy (which would stall a GPU) per step
+        dev = self.x.device
+        v = self.editor.cached(("value", id(value), dev), lambda: value.to(dev, torch.float32))
         if v.ndim == 0:
             return v
         v = expand_rows(v, self.info.batch, "per-example value")

@@ -18,7 +18,12 @@ Positions are counted in the padded input: absolute position ``p`` of a row is c
   width follow ``beyond`` (False: not steered; True: steered, e.g. all generated tokens).
 
 Padding positions (attention mask 0) are never touched, whatever the mode. A forward with no
-attention mask (plain ``model(input_ids)``) has no padding.
+attention mask (plain ``model(input_ids)``) has no padding. With a prepared 4-D or dict mask (a
+static, compiled cache) padding cannot be told apart and pad positions are edited too; attention
+masks them, so real tokens' outputs are the same either way.
+
+``prompt``/``generated`` and gating rely on KV-cache decoding (``generate``'s default): with
+``use_cache=False`` every step is a fresh full forward, i.e. a new prompt.
 """
 
 from __future__ import annotations
@@ -107,9 +112,7 @@ def forward_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ForwardInfo:
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
         if past is None:
             past = max(int(mask.shape[1]) - seq, 0)
-        real = mask[:, -seq:].to(torch.bool)
-        if bool(real.all()):
-            real = None
+        real = mask[:, -seq:].to(torch.bool)  # no .all() check: it would synchronise a GPU every step
     else:
         real = None  # no mask, or a prepared 4-D / dict mask: no padding information
     return ForwardInfo(batch=batch, seq=seq, past=past or 0, real=real)
@@ -126,31 +129,38 @@ def expand_rows(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
 
 
 def position_mask(pos: Positions, info: ForwardInfo, prompt_len: int, device: torch.device) -> torch.Tensor | None:
-    """(batch, seq) bool mask of positions to steer in this forward, or None for all positions."""
-    sel: torch.Tensor | None
-    if pos.mode == "all":
-        sel = None
-    elif pos.mode in ("prompt", "generated"):
-        abs_pos = info.abs_positions(device)
-        col = abs_pos < prompt_len if pos.mode == "prompt" else abs_pos >= prompt_len
-        if bool(col.all()):
-            sel = None
-        else:
+    """(batch, seq) bool mask of positions to steer in this forward (None: every position).
+
+    Decided from Python ints where possible, so the hot path never waits on the device; a forward
+    in which the mode selects nothing never reaches here (see :func:`selects_nothing`).
+    """
+    sel: torch.Tensor | None = None
+    if pos.mode in ("prompt", "generated"):
+        first_gen = prompt_len - info.past  # index of the first generated position in this forward
+        if 0 < first_gen < info.seq:
+            cols = torch.arange(info.seq, device=device)
+            col = cols < first_gen if pos.mode == "prompt" else cols >= first_gen
             sel = col.unsqueeze(0).expand(info.batch, info.seq)
-    else:
+    elif pos.mode == "mask":
         assert pos.mask is not None
         m = expand_rows(pos.mask, info.batch, "positions mask").to(device)
         width = m.shape[1]
         abs_pos = info.abs_positions(device)
         inside = abs_pos < width
-        cols = m[:, abs_pos.clamp(max=width - 1)]
-        sel = torch.where(inside.unsqueeze(0), cols, torch.full_like(cols, pos.beyond))
+        cols_m = m[:, abs_pos.clamp(max=width - 1)]
+        sel = torch.where(inside.unsqueeze(0), cols_m, torch.full_like(cols_m, pos.beyond))
     if info.real is not None:
         real = info.real.to(device)
         sel = real if sel is None else sel & real
     return sel
 
 
-def nothing_selected(sel: torch.Tensor | None) -> bool:
-    """True when a position mask selects no position at all."""
-    return sel is not None and not bool(sel.any())
+def selects_nothing(pos: Positions, info: ForwardInfo, prompt_len: int) -> bool:
+    """True when the mode steers no position of this forward (known without touching the device)."""
+    if pos.mode == "prompt":
+        return info.past >= prompt_len
+    if pos.mode == "generated":
+        return info.past + info.seq <= prompt_len
+    if pos.mode == "mask":
+        return not pos.beyond and info.past >= pos.mask.shape[1]  # type: ignore[union-attr]
+    return False

@@ -1,0 +1,149 @@
+"""``saesteer find-features`` and ``saesteer feature show`` (see ``--help``).
+
+``find-features`` runs the refusal-feature discovery (:mod:`saesteer.features.pipeline`) and writes
+``features.json``, ``features.md`` and ``features.html`` to ``--out``; rerunning it resumes from
+``OUT/checkpoint.json``. ``feature show ID`` prints one feature's top contexts, activation histogram
+and logit lens, from a discovery run's contexts (``--run``) or freshly encoded corpus windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from saesteer.cli.common import add_model_args, config_from_args, model_from_args, write_resolved_config
+from saesteer.config import add_dataclass_args, atomic_write_text, build_config, opt
+from saesteer.errors import SaesteerError
+from saesteer.features.config import FindFeaturesConfig
+from saesteer.model.loading import ModelConfig
+from saesteer.sae.base import SAE
+
+
+@dataclass
+class FeatureShowConfig:
+    """What ``saesteer feature show`` reads and prints."""
+
+    sae: str = opt("", "SAE folder (SAELens layout)")
+    run: str | None = opt(None, "a find-features output folder: reuse its contexts.safetensors")
+    corpus: str | None = opt(None, "corpus file (.txt/.jsonl(.gz)) to encode; default: the data directory's corpus")
+    data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data)")
+    n_windows: int = opt(48, "corpus windows to encode when no --run is given")
+    context_len: int = opt(128, "tokens per corpus window")
+    batch_size: int = opt(16, "windows per forward pass")
+    n_contexts: int = opt(10, "top-activating contexts to show")
+    lens_k: int = opt(15, "tokens listed per side of the logit lens")
+    html: str | None = opt(None, "also write the feature card as a standalone HTML file here")
+    markdown: str | None = opt(None, "also write the feature card as Markdown here")
+    seed: int = opt(0, "seed of the corpus sample")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "find-features",
+        help="find SAE features that steer refusal (paper's search + rankers + causal screen)",
+        description="Find refusal features: candidates from the model's own refusals, contrastive / direction / "
+        "attribution rankers, a causal screen by clamping (cheap one-pass refusal score, then generation "
+        "+ judge for the best few), a control feature and feature cards. Resumable.",
+    )
+    p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
+    add_dataclass_args(p, FindFeaturesConfig)
+    add_model_args(p)
+    p.set_defaults(func=run_find)
+
+    f = sub.add_parser("feature", help="inspect one SAE feature", description="Inspect one SAE feature.")
+    fsub = f.add_subparsers(dest="feature_command", metavar="ACTION")
+    s = fsub.add_parser(
+        "show",
+        help="top contexts, activation histogram and logit lens of a feature",
+        description="Show a feature's top-activating contexts (profanity masked), activation density "
+        "histogram and logit lens.",
+    )
+    s.add_argument("feature_id", type=int, metavar="ID", help="feature index")
+    add_dataclass_args(s, FeatureShowConfig)
+    add_model_args(s)
+    s.set_defaults(func=run_show)
+    f.set_defaults(func=lambda _a: (f.print_help(), 2)[1])
+
+
+def _load_sae(path: str) -> SAE:
+    from saesteer.sae.io import load_sae
+
+    if not path:
+        raise SaesteerError("no SAE given; pass --sae DIR (a folder with cfg.json + sae_weights.safetensors)")
+    return load_sae(path)
+
+
+def run_find(args: argparse.Namespace) -> int:
+    from saesteer.features.pipeline import find_features
+
+    cfg = config_from_args(FindFeaturesConfig, args, section="find_features")
+    cfg.validate()
+    sae = _load_sae(cfg.sae)
+    model_cfg = build_config(ModelConfig, None, args)
+    lm = model_from_args(args)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_resolved_config(cfg.out, model=model_cfg, find_features=cfg)
+    report = find_features(lm.model, lm.tokenizer, sae, cfg, model_name=lm.spec)
+    ch, ctl = report["chosen"], report["control"]
+    print(
+        f"chosen feature {ch['feature']} (clamp {ch['value']:.3f}): harmful refusal {ch['harmful']['rate']:.1%} "
+        f"(gain {ch['gain']['d']:+.1%} [{ch['gain']['lo']:+.1%}, {ch['gain']['hi']:+.1%}]), harmless "
+        f"{ch['harmless']['rate']:.1%}; control feature {ctl['feature'] if ctl else None}"
+    )
+    return 0
+
+
+def _corpus_rows(cfg: FeatureShowConfig, tokenizer: object) -> list[list[int]]:
+    from saesteer.features.contexts import corpus_rows
+
+    if cfg.corpus:
+        from saesteer.activations.sources import iter_texts
+
+        texts = list(itertools.islice(iter_texts(cfg.corpus), cfg.n_windows * 4))
+    else:
+        from saesteer.evaluation.datafiles import data_dir
+
+        if data_dir(cfg.data_dir) is None:
+            raise SaesteerError(
+                "no contexts to show: pass --run DIR (a find-features output), --corpus FILE, "
+                "or --data-dir (with corpus/english_mix_corpus.jsonl.gz)"
+            )
+        from saesteer.evaluation.datasets import load_corpus_texts
+
+        texts = load_corpus_texts(n=cfg.n_windows * 2, seed=cfg.seed, data_dir=cfg.data_dir, min_chars=200)
+    rows = corpus_rows(tokenizer, texts, cfg.context_len, cfg.n_windows)
+    if not rows:
+        raise SaesteerError("the corpus gave no token windows; give a corpus with text in it")
+    return rows
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from saesteer.features.contexts import FILE, ContextStore, build_store, sae_fingerprint
+    from saesteer.features.interpret import cards_html, describe_feature
+
+    cfg = build_config(FeatureShowConfig, None, args)
+    sae = _load_sae(cfg.sae)
+    fid = int(args.feature_id)
+    d_sae = sae.d_sae
+    if not 0 <= fid < d_sae:
+        raise SaesteerError(f"feature {fid} out of range; this SAE has features 0..{d_sae - 1}")
+    lm = model_from_args(args)
+    sae = sae.to(lm.device)
+    store = None
+    if cfg.run:
+        path = Path(cfg.run) / FILE
+        store = ContextStore.load(path)
+        if store.fingerprint and store.fingerprint != sae_fingerprint(sae):
+            raise SaesteerError(f"{path} was built with another SAE; pass the run's SAE or drop --run")
+    if store is None:
+        rows = _corpus_rows(cfg, lm.tokenizer)
+        store = build_store(lm.model, sae, rows, ["corpus"] * len(rows), batch_size=cfg.batch_size, progress=True)
+    card = describe_feature(lm.model, lm.tokenizer, sae, store, fid, cfg.n_contexts, lens_k=cfg.lens_k)
+    print(card.to_text())
+    if cfg.html:
+        atomic_write_text(cfg.html, cards_html([card], f"feature {fid}"))
+    if cfg.markdown:
+        atomic_write_text(cfg.markdown, card.to_markdown())
+    return 0

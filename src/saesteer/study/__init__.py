@@ -1,0 +1,1 @@
+"""The end-to-end study (``saesteer reproduce``): harvest -> SAE -> features -> sweep -> evaluate -> report."""
