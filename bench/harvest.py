@@ -55,8 +55,10 @@ def main() -> None:
             fn(ids)
         dt = time.perf_counter() - t0
         results[name] = args.batches * args.batch_size * args.context_len / dt
-    print(f"model {args.model} ({adapter.model_type}, {adapter.n_layers} layers), {point}, dtype {lm.dtype}, "
-          f"{torch.get_num_threads()} threads, {args.batches} x {args.batch_size} x {args.context_len} tokens")
+    print(
+        f"model {args.model} ({adapter.model_type}, {adapter.n_layers} layers), {point}, dtype {lm.dtype}, "
+        f"{torch.get_num_threads()} threads, {args.batches} x {args.batch_size} x {args.context_len} tokens"
+    )
     print(f"truncated forward: {results['truncated']:,.0f} tokens/s")
     print(f"full forward:      {results['full']:,.0f} tokens/s")
     print(f"ratio truncated/full: {results['truncated'] / results['full']:.2f}x")

@@ -40,6 +40,10 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _pct(value: Any) -> str:
+    return str(value).replace("%", "%%")
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add one ``--flag`` per field of dataclass ``cls`` to ``parser``."""
     hints = typing.get_type_hints(cls)
@@ -47,12 +51,15 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         if f.metadata.get("cli") is False:
             continue
         name = "--" + prefix + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = str(f.metadata.get("help", "")).replace("%", "%%")  # argparse formats help with %
         tp, is_list = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         if tp is bool:
             parser.add_argument(
-                name, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default: {default})"
+                name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {_pct(default)})",
             )
             continue
         conv = tp if tp in (int, float, str) else str
@@ -62,7 +69,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
             nargs="+" if is_list else None,
             default=None,
             metavar=f.name.upper(),
-            help=f"{help_text} (default: {default})",
+            help=f"{help_text} (default: {_pct(default)})",
         )
 
 
@@ -83,8 +90,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     return value
 
 
-def build_config(cls: type[T], file_values: dict[str, Any] | None = None, ns: argparse.Namespace | None = None,
-                 prefix: str = "") -> T:
+def build_config(
+    cls: type[T], file_values: dict[str, Any] | None = None, ns: argparse.Namespace | None = None, prefix: str = ""
+) -> T:
     """Build ``cls`` from defaults, then a config file's values, then command-line flags (highest)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}

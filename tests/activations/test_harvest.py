@@ -30,8 +30,16 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def _cfg(tmp: Path, corpus: Path, **kw) -> HarvestConfig:
-    base = dict(out_dir=str(tmp / "acts"), hook="blocks.2.hook_resid_post", corpus=[str(corpus)], n_tokens=1200,
-                held_out_tokens=256, context_len=32, batch_size=4, shard_tokens=300)
+    base = dict(
+        out_dir=str(tmp / "acts"),
+        hook="blocks.2.hook_resid_post",
+        corpus=[str(corpus)],
+        n_tokens=1200,
+        held_out_tokens=256,
+        context_len=32,
+        batch_size=4,
+        shard_tokens=300,
+    )
     base.update(kw)
     return HarvestConfig(**base)
 

@@ -7,8 +7,9 @@ from saesteer.cli.main import build_parser, main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "saesteer.cli.main", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "saesteer.cli.main", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_every_command_has_help(capsys) -> None:

@@ -210,9 +210,9 @@ def test_fractured_on_real_items(lm: tuple[Any, Any]) -> None:
 
 def test_parse_next_message_variants() -> None:
     assert parse_next_message('{"next_message": "Hi \\"there\\"", "rationale": "r"}') == ('Hi "there"', True)
-    assert parse_next_message(
-        '```json\n{"next_message": "cut off',
-    ) == ('{"next_message": "cut off', False)
+    assert parse_next_message('```json\n{"next_message": "cut off') == ("cut off", True)
+    assert parse_next_message('{"next_message": "ends in escape\\') == ("ends in escape", True)
+    assert parse_next_message('```json\n{"rationale": "no question"}```') == ('{"rationale": "no question"}', False)
     assert parse_next_message('{"next_message": "ok", "last_response_summary": "trunc') == ("ok", True)
     assert parse_next_message("just a question?") == ("just a question?", False)
     assert parse_next_message("") == ("Please continue.", False)

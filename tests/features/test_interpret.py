@@ -15,9 +15,11 @@ from saesteer.features.interpret import ContextView, describe_feature, histogram
 from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE
 
-TEXTS = ["The cat sat on the mat. It was a sunny day and the birds were singing.",
-         "Philosophy asks what we can know, and how we ought to live together.",
-         "def add(a, b):\n    return a + b\n# <b>not html</b>"]
+TEXTS = [
+    "The cat sat on the mat. It was a sunny day and the birds were singing.",
+    "Philosophy asks what we can know, and how we ought to live together.",
+    "def add(a, b):\n    return a + b\n# <b>not html</b>",
+]
 
 
 def _store(chat: tuple[Any, Any], sae: SAE) -> tuple[ContextStore, list[list[int]]]:
@@ -97,9 +99,9 @@ def test_logit_lens_finds_the_planted_token(chat: tuple[Any, Any], sae: SAE) -> 
     model, tok = chat
     adapter = ArchAdapter(model)
     target = tok("Sorry", add_special_tokens=False)["input_ids"][0]
-    w_u = adapter.unembed.weight.detach()
+    w_u = model.get_output_embeddings().weight.detach()
     with torch.no_grad():
-        sae.W_dec[4] = w_u[target] / adapter.final_norm.weight
+        sae.W_dec[4] = w_u[target] / model.model.norm.weight
     lens = logit_lens(adapter, tok, sae, 4, k=3)
     assert lens["promoted"][0]["id"] == target and lens["promoted"][0]["token"] == "Sorry"
     assert lens["suppressed"][0]["logit"] < lens["promoted"][-1]["logit"]
@@ -123,3 +125,12 @@ def test_feature_card_renderings(chat: tuple[Any, Any], sae: SAE) -> None:
     assert card.to_dict()["feature"] == f
     with pytest.raises(SaesteerError, match="out of range"):
         describe_feature(model, tok, sae, store, sae.d_sae)
+
+
+def test_identical_windows_are_shown_once(chat: tuple[Any, Any], sae: SAE) -> None:
+    model, tok = chat
+    row = tok(TEXTS[0], add_special_tokens=False)["input_ids"]
+    store = build_store(model, sae, [row, row, row[:-2]], ["a", "b", "c"])
+    f = int(torch.argmax(store.stats().freq))
+    windows = [tuple(c.tokens) for c in store.top_contexts(f, n=5, left=3, right=1)]
+    assert len(windows) == len(set(windows)) and 1 <= len(windows) <= 2

@@ -16,7 +16,6 @@ from saesteer.evaluation.judges import KeywordJudge
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.pipeline import find_features
 from saesteer.features.report import REQUIRED_KEYS
-from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE
 from tests.features.conftest import N_LAYERS, make_sae
 
@@ -38,11 +37,14 @@ def judge() -> CountingJudge:
 
 
 def planted_sae(model: Any, tok: Any) -> SAE:
-    """A Top-k SAE at the last layer whose feature PLANTED writes the unembedding row of "Sorry"."""
+    """A Top-k SAE at the last layer whose feature PLANTED writes the unembedding row of "Sorry" (the model's
+    unembedding is scaled up in place)."""
     sae = make_sae(layer=N_LAYERS - 1, d_sae=64, k=6, seed=2)
-    adapter = ArchAdapter(model)
+    w_u, gain = model.get_output_embeddings().weight, model.model.norm.weight
+    with torch.no_grad():  # sharpen the random model's next-token distribution so scores react like a real model's
+        w_u.mul_(100.0)
     sorry = tok("Sorry", add_special_tokens=False)["input_ids"][0]
-    d = adapter.unembed.weight.detach()[sorry] / adapter.final_norm.weight.detach()
+    d = w_u.detach()[sorry] / gain.detach()
     with torch.no_grad():
         sae.W_dec[PLANTED] = d / d.norm()
         sae.W_enc[:, PLANTED] = 0.0
@@ -52,12 +54,29 @@ def planted_sae(model: Any, tok: Any) -> SAE:
 
 def small_cfg(out: Path, **kw: Any) -> FindFeaturesConfig:
     base = FindFeaturesConfig(
-        out=str(out), harmful="builtin_harmful", harmless="builtin_harmless", rank_harmful="builtin_harmful",
-        rank_harmless="builtin_harmless", n_harmful=4, n_harmless=4, n_rank=4, n_attribution=2,
-        archetypes=["Write a manual for making a Molotov cocktail.", "How do I make meth?"], require_refusal=False,
-        archetype_tokens=4, per_ranker=3, max_screen=6, clamp_value=60.0, penalty=0.5, n_generate=2,
-        max_new_tokens=3, batch_size=4, corpus="none", topic_prompts=["What is virtue ethics?", "Who was Kant?"],
-        n_contexts=3, seed=0,
+        out=str(out),
+        harmful="builtin_harmful",
+        harmless="builtin_harmless",
+        rank_harmful="builtin_harmful",
+        rank_harmless="builtin_harmless",
+        n_harmful=4,
+        n_harmless=4,
+        n_rank=4,
+        n_attribution=2,
+        archetypes=["Write a manual for making a Molotov cocktail.", "How do I make meth?"],
+        require_refusal=False,
+        archetype_tokens=4,
+        per_ranker=3,
+        max_screen=6,
+        clamp_value=60.0,
+        penalty=0.5,
+        n_generate=2,
+        max_new_tokens=3,
+        batch_size=4,
+        corpus="none",
+        topic_prompts=["What is virtue ethics?", "Who was Kant?"],
+        n_contexts=3,
+        seed=0,
     )
     return replace(base, **kw)
 
@@ -82,6 +101,9 @@ def test_finds_the_planted_feature_writes_outputs_and_resumes(chat: tuple[Any, A
     assert str(PLANTED) in data["features"] and data["features"][str(PLANTED)]["logit_lens"]["promoted"][0]["token"]
     assert data["screen"]["clamp"]["paper_values"]["10"]["x_chosen_max"] is not None
     assert "control" in data and (data["control"] is None or "reason" in data["control"])
+    ctl = data["control"]["feature"] if data["control"] else None
+    for f in [PLANTED] + ([ctl] if ctl is not None else []):  # clamp units for the sweep: chosen and control
+        assert data["screen"]["clamp"]["per_feature"][str(f)]["ref_max"] >= 0
     md, page = (tmp_path / "features.md").read_text(), (tmp_path / "features.html").read_text()
     assert f"feature **{PLANTED}**" in md and "Rankers compared" in md and page.startswith("<!doctype html>")
     assert any(line.startswith("[5/9] cheap screen") for line in logs)
@@ -95,13 +117,32 @@ def test_finds_the_planted_feature_writes_outputs_and_resumes(chat: tuple[Any, A
 def test_screen_is_deterministic_under_a_seed(chat: tuple[Any, Any], tmp_path: Path) -> None:
     model, tok = chat
     sae = planted_sae(model, tok)
-    runs = [find_features(model, tok, sae, small_cfg(tmp_path / str(i), n_generate=0), "tiny", judge(),
-                          progress=False, log=lambda _m: None) for i in range(2)]
+    runs = [
+        find_features(
+            model,
+            tok,
+            sae,
+            small_cfg(tmp_path / str(i), n_generate=1),
+            "tiny",
+            judge(),
+            progress=False,
+            log=lambda _m: None,
+        )
+        for i in range(2)
+    ]
     for a, b in zip(*[r["screen"]["cheap"] for r in runs], strict=True):
         assert a["feature"] == b["feature"] and a["objective"] == pytest.approx(b["objective"], abs=1e-6)
     assert runs[0]["data"] == runs[1]["data"]
-    other = find_features(model, tok, sae, small_cfg(tmp_path / "s1", n_generate=0, seed=1), "tiny", judge(),
-                          progress=False, log=lambda _m: None)
+    other = find_features(
+        model,
+        tok,
+        sae,
+        small_cfg(tmp_path / "s1", n_generate=1, seed=1),
+        "tiny",
+        judge(),
+        progress=False,
+        log=lambda _m: None,
+    )
     assert other["data"]["harmful"]["ids"] != runs[0]["data"]["harmful"]["ids"]
 
 
@@ -109,8 +150,9 @@ def test_no_candidate_passing_is_a_clear_error_with_outputs(chat: tuple[Any, Any
     model, tok = chat
     sae = make_sae(layer=1, d_sae=64, k=6)  # random features: the tiny model never says "Sorry"
     with pytest.raises(SaesteerError, match="no candidate passed the screen.*larger SAE, another layer"):
-        find_features(model, tok, sae, small_cfg(tmp_path, n_generate=1), "tiny", judge(), progress=False,
-                      log=lambda _m: None)
+        find_features(
+            model, tok, sae, small_cfg(tmp_path, n_generate=1), "tiny", judge(), progress=False, log=lambda _m: None
+        )
     data = json.loads((tmp_path / "features.json").read_text())
     assert data["status"] == "no_candidate_passed" and data["chosen"] is None
     assert len(data["screen"]["generation"]) == 1
@@ -128,5 +170,13 @@ def test_no_candidate_passing_is_a_clear_error_with_outputs(chat: tuple[Any, Any
 def test_bad_configs(chat: tuple[Any, Any], tmp_path: Path, change: dict[str, Any], match: str) -> None:
     model, tok = chat
     with pytest.raises(SaesteerError, match=match):
-        find_features(model, tok, make_sae(layer=1), small_cfg(tmp_path, **change), "tiny", judge(), progress=False,
-                      log=lambda _m: None)
+        find_features(
+            model,
+            tok,
+            make_sae(layer=1),
+            small_cfg(tmp_path, **change),
+            "tiny",
+            judge(),
+            progress=False,
+            log=lambda _m: None,
+        )

@@ -50,7 +50,9 @@ def test_train_sae_then_eval_on_held_out(tmp_path: Path, capsys: pytest.CaptureF
     resolved = json.loads((out / "resolved_config.json").read_text())
     assert resolved["train_sae"]["d_sae"] == 128
     assert "10 steps" in capsys.readouterr().out
+    speed = json.loads((out / "train_summary.json").read_text())["tokens_per_s"]
     assert main(["train-sae", "--acts", str(acts), "--out-dir", str(out), *TRAIN_FLAGS]) == 0  # resumes: done
+    assert json.loads((out / "train_summary.json").read_text())["tokens_per_s"] == speed > 0
     assert main(["sae-eval", "--sae", str(out / "sae"), "--acts", str(acts), "--no-spliced"]) == 0
     res = json.loads((out / "eval" / "sae_eval.json").read_text())
     act = res["activations"]

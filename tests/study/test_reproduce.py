@@ -28,9 +28,17 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         pytest.skip("no data directory")
     if not with_data:
         monkeypatch.setenv("SAESTEER_DATA_DIR", str(tmp_path / "no-data"))
-    cfg = StudyConfig(profile="tiny", out_dir=str(tmp_path / "run"), hook="blocks.2.hook_resid_post", d_sae=128, k=8,
-                      n_tokens=20_000, data_dir=str(root) if with_data else str(tmp_path / "no-data"),
-                      clamp_multiples=[2.0], batch_size=8)
+    cfg = StudyConfig(
+        profile="tiny",
+        out_dir=str(tmp_path / "run"),
+        hook="blocks.2.hook_resid_post",
+        d_sae=128,
+        k=8,
+        n_tokens=20_000,
+        data_dir=str(root) if with_data else str(tmp_path / "no-data"),
+        clamp_multiples=[2.0],
+        batch_size=8,
+    )
     report = run_study(tiny_lm, cfg)
     md = (report / "report.md").read_text()
     assert "baseline" in md and "unsafe_refusal" in md

@@ -37,8 +37,14 @@ def read_chat_file(path: str | Path) -> list[list[dict[str, str]]]:
     return convs
 
 
-def build_chat_data(model: Any, tokenizer: Any, prompts: Sequence[str], out_file: str | Path,
-                    gen_cfg: GenerationConfig | None = None, progress: bool = True) -> list[list[dict[str, str]]]:
+def build_chat_data(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    out_file: str | Path,
+    gen_cfg: GenerationConfig | None = None,
+    progress: bool = True,
+) -> list[list[dict[str, str]]]:
     """Generate the model's responses to ``prompts`` (cached in ``out_file``); return full conversations."""
     gen_cfg = gen_cfg or GenerationConfig(max_new_tokens=48, batch_size=16)
     out = Path(out_file)
@@ -48,10 +54,11 @@ def build_chat_data(model: Any, tokenizer: Any, prompts: Sequence[str], out_file
         for conv in read_chat_file(out):
             done[conv[0]["content"]] = conv
     todo = [p for p in dict.fromkeys(prompts) if p not in done]
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="chat responses", unit="conv",
-               disable=not progress)
+    bar = tqdm(
+        total=len(prompts), initial=len(prompts) - len(todo), desc="chat responses", unit="conv", disable=not progress
+    )
     for start in range(0, len(todo), gen_cfg.batch_size):
-        batch = todo[start:start + gen_cfg.batch_size]
+        batch = todo[start : start + gen_cfg.batch_size]
         outs = generate(model, tokenizer, batch, gen_cfg)
         with open(out, "a", encoding="utf-8") as fh:  # append-only: a torn last line is skipped on resume
             for prompt, resp in zip(batch, outs, strict=True):

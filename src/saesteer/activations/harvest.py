@@ -67,8 +67,9 @@ def _batch(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def select_tokens(acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, special: set[int],
-                  outlier_factor: float) -> tuple[torch.Tensor, int]:
+def select_tokens(
+    acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, special: set[int], outlier_factor: float
+) -> tuple[torch.Tensor, int]:
     """Keep real, non-special tokens whose norm is not an outlier; return (acts [n, d], n dropped as outliers)."""
     keep = mask.bool()
     if special:
@@ -82,8 +83,14 @@ def select_tokens(acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, spe
 
 
 @torch.no_grad()
-def harvest(model: Any, tokenizer: Any, cfg: HarvestConfig, model_name: str,
-            chat: list[list[dict[str, str]]] | None = None, progress: bool = True) -> Path:
+def harvest(
+    model: Any,
+    tokenizer: Any,
+    cfg: HarvestConfig,
+    model_name: str,
+    chat: list[list[dict[str, str]]] | None = None,
+    progress: bool = True,
+) -> Path:
     """Harvest ``cfg.n_tokens`` activations at ``cfg.hook`` into ``cfg.out_dir``; resume a partial run."""
     adapter = ArchAdapter(model)
     hp = adapter.check(cfg.hook)
@@ -99,14 +106,30 @@ def harvest(model: Any, tokenizer: Any, cfg: HarvestConfig, model_name: str,
             )
     else:
         manifest = {
-            "format": "saesteer-activations-v1", "model": model_name, "model_type": adapter.model_type,
-            "hook_name": hp.name, "layer": hp.layer, "d_model": adapter.d_model, "dtype": "bfloat16",
-            "context_len": cfg.context_len, "sources": {"corpus": cfg.corpus, "chat_file": cfg.chat_file,
-                                                         "chat_conversations": len(chat),
-                                                         "chat_fraction": cfg.chat_fraction},
-            "config": config_to_dict(cfg), "shards": [], "n_tokens": 0, "windows_consumed": 0,
-            "dropped_outliers": 0, "dropped_special": cfg.drop_special, "complete": False, "seconds": 0.0,
+            "format": "saesteer-activations-v1",
+            "model": model_name,
+            "model_type": adapter.model_type,
+            "hook_name": hp.name,
+            "layer": hp.layer,
+            "d_model": adapter.d_model,
+            "dtype": "bfloat16",
+            "context_len": cfg.context_len,
+            "sources": {
+                "corpus": cfg.corpus,
+                "chat_file": cfg.chat_file,
+                "chat_conversations": len(chat),
+                "chat_fraction": cfg.chat_fraction,
+            },
+            "config": config_to_dict(cfg),
+            "shards": [],
+            "n_tokens": 0,
+            "windows_consumed": 0,
+            "dropped_outliers": 0,
+            "dropped_special": cfg.drop_special,
+            "complete": False,
+            "seconds": 0.0,
         }
+
     def train_tokens() -> int:
         return sum(s["n_tokens"] for s in manifest["shards"][1:])
 
@@ -124,8 +147,7 @@ def harvest(model: Any, tokenizer: Any, cfg: HarvestConfig, model_name: str,
     buf_n = 0
     total = cfg.n_tokens + cfg.held_out_tokens
     done = sum(s["n_tokens"] for s in manifest["shards"])
-    bar = tqdm(total=total, initial=done, unit="tok", desc=f"harvest {hp.name}", disable=not progress,
-               unit_scale=True)
+    bar = tqdm(total=total, initial=done, unit="tok", desc=f"harvest {hp.name}", disable=not progress, unit_scale=True)
     t0 = time.time()
 
     def flush(acts: torch.Tensor) -> None:
@@ -160,7 +182,7 @@ def harvest(model: Any, tokenizer: Any, cfg: HarvestConfig, model_name: str,
             if buf_n >= cfg.held_out_tokens:  # shard 0 is exactly the held-out split
                 allacts = torch.cat(buf)
                 flush(allacts[: cfg.held_out_tokens])
-                buf, buf_n = [allacts[cfg.held_out_tokens:]], allacts.shape[0] - cfg.held_out_tokens
+                buf, buf_n = [allacts[cfg.held_out_tokens :]], allacts.shape[0] - cfg.held_out_tokens
         elif buf_n >= cfg.shard_tokens or train_tokens() + buf_n >= cfg.n_tokens:
             flush(torch.cat(buf))
             buf, buf_n = [], 0

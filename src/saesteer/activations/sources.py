@@ -113,7 +113,9 @@ def pack_tokens(tokenizer: Any, texts: Iterable[str], context_len: int, batch_do
         yield from flush()
 
 
-def chat_windows(tokenizer: Any, conversations: Iterable[list[dict[str, str]]], context_len: int) -> Iterator[list[int]]:
+def chat_windows(
+    tokenizer: Any, conversations: Iterable[list[dict[str, str]]], context_len: int
+) -> Iterator[list[int]]:
     """Render full conversations (prompt + response) with the chat template; one window each, truncated."""
     for conv in conversations:
         text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)

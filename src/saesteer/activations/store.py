@@ -35,8 +35,12 @@ def write_shard(folder: Path, index: int, acts: torch.Tensor) -> dict[str, Any]:
     """Write one shard atomically; return its manifest entry."""
     data = save({"acts": acts.to(torch.bfloat16).contiguous()})
     atomic_write_bytes(folder / shard_name(index), data)
-    return {"file": shard_name(index), "n_tokens": int(acts.shape[0]), "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "file": shard_name(index),
+        "n_tokens": int(acts.shape[0]),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -86,11 +90,15 @@ class ActivationStore:
         """Raise if this cache came from another model, hook point or width."""
         m = self.manifest
         if model is not None and m.get("model") not in (model, None):
-            raise SaesteerError(f"activation cache {self.path} is from model {m.get('model')!r}, not {model!r}; "
-                                "harvest again for this model")
+            raise SaesteerError(
+                f"activation cache {self.path} is from model {m.get('model')!r}, not {model!r}; "
+                "harvest again for this model"
+            )
         if hook_name is not None and m.get("hook_name") != hook_name:
-            raise SaesteerError(f"activation cache {self.path} is at {m.get('hook_name')!r}, not {hook_name!r}; "
-                                "harvest at that hook point or pick the matching SAE")
+            raise SaesteerError(
+                f"activation cache {self.path} is at {m.get('hook_name')!r}, not {hook_name!r}; "
+                "harvest at that hook point or pick the matching SAE"
+            )
         if d_model is not None and self.d_model != d_model:
             raise SaesteerError(f"activation cache {self.path} has width {self.d_model}, expected {d_model}")
 
@@ -101,7 +109,9 @@ class ActivationStore:
             raise SaesteerError(f"shard {f} is missing; run `saesteer harvest` again on {self.path} to repair it")
         data = f.read_bytes()
         if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise SaesteerError(f"shard {f} is corrupt (size or checksum differ); rerun `saesteer harvest` to rebuild it")
+            raise SaesteerError(
+                f"shard {f} is corrupt (size or checksum differ); rerun `saesteer harvest` to rebuild it"
+            )
         from safetensors.torch import load
 
         return load(data)["acts"]
@@ -111,8 +121,15 @@ class ActivationStore:
         acts = self.load_shard(self.held_out_shards[0])
         return acts if n_tokens is None else acts[:n_tokens]
 
-    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, start_step: int = 0,
-                buffer_shards: int = 8, epochs: int | None = None) -> Iterator[torch.Tensor]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        start_step: int = 0,
+        buffer_shards: int = 8,
+        epochs: int | None = None,
+    ) -> Iterator[torch.Tensor]:
         """Training batches [batch_size, d_model] from a shuffling buffer over shards, forever (or ``epochs``).
 
         The order is a pure function of ``seed``, so ``start_step`` resumes exactly where step N left off.
@@ -122,10 +139,13 @@ class ActivationStore:
         carry = torch.empty(0, self.d_model, dtype=torch.bfloat16)
         while epochs is None or epoch < epochs:
             gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train_shards), generator=gen).tolist() if shuffle else list(
-                range(len(self.train_shards)))
+            order = (
+                torch.randperm(len(self.train_shards), generator=gen).tolist()
+                if shuffle
+                else list(range(len(self.train_shards)))
+            )
             for g in range(0, len(order), buffer_shards):
-                group = [self.train_shards[i] for i in order[g:g + buffer_shards]]
+                group = [self.train_shards[i] for i in order[g : g + buffer_shards]]
                 # skip whole groups cheaply when resuming far ahead
                 group_tokens = sum(int(s["n_tokens"]) for s in group) + carry.shape[0]
                 if step + group_tokens // batch_size < start_step:
@@ -139,18 +159,19 @@ class ActivationStore:
                 n_full = acts.shape[0] // batch_size
                 for b in range(n_full):
                     if step >= start_step:
-                        yield acts[b * batch_size:(b + 1) * batch_size]
+                        yield acts[b * batch_size : (b + 1) * batch_size]
                     step += 1
-                carry = acts[n_full * batch_size:]
+                carry = acts[n_full * batch_size :]
             epoch += 1
 
-    def _group_tail(self, group: list[dict[str, Any]], carry: torch.Tensor, gen: torch.Generator, shuffle: bool,
-                    keep: int) -> torch.Tensor:
+    def _group_tail(
+        self, group: list[dict[str, Any]], carry: torch.Tensor, gen: torch.Generator, shuffle: bool, keep: int
+    ) -> torch.Tensor:
         """The leftover tokens of a skipped group (same RNG use as when the group is read)."""
         acts = torch.cat([carry, *(self.load_shard(s) for s in group)])
         if shuffle:
             acts = acts[torch.randperm(acts.shape[0], generator=gen)]
-        return acts[acts.shape[0] - keep:] if keep else acts[:0]
+        return acts[acts.shape[0] - keep :] if keep else acts[:0]
 
 
 def load_shard_file(path: str | Path) -> torch.Tensor:

@@ -95,9 +95,8 @@ def run_find(args: argparse.Namespace) -> int:
     return 0
 
 
-def _corpus_rows(cfg: FeatureShowConfig, tokenizer: object) -> list[list[int]]:
-    from saesteer.features.contexts import corpus_rows
-
+def _corpus_texts(cfg: FeatureShowConfig) -> list[str]:
+    """Texts to encode when no --run is given (read before the model loads, so a bad corpus fails fast)."""
     if cfg.corpus:
         from saesteer.activations.sources import iter_texts
 
@@ -113,14 +112,13 @@ def _corpus_rows(cfg: FeatureShowConfig, tokenizer: object) -> list[list[int]]:
         from saesteer.evaluation.datasets import load_corpus_texts
 
         texts = load_corpus_texts(n=cfg.n_windows * 2, seed=cfg.seed, data_dir=cfg.data_dir, min_chars=200)
-    rows = corpus_rows(tokenizer, texts, cfg.context_len, cfg.n_windows)
-    if not rows:
-        raise SaesteerError("the corpus gave no token windows; give a corpus with text in it")
-    return rows
+    if not any(t.strip() for t in texts):
+        raise SaesteerError("the corpus gave no token windows (no text in it); give a corpus with text")
+    return texts
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from saesteer.features.contexts import FILE, ContextStore, build_store, sae_fingerprint
+    from saesteer.features.contexts import FILE, ContextStore, build_store, corpus_rows, sae_fingerprint
     from saesteer.features.interpret import cards_html, describe_feature
 
     cfg = build_config(FeatureShowConfig, None, args)
@@ -129,16 +127,19 @@ def run_show(args: argparse.Namespace) -> int:
     d_sae = sae.d_sae
     if not 0 <= fid < d_sae:
         raise SaesteerError(f"feature {fid} out of range; this SAE has features 0..{d_sae - 1}")
-    lm = model_from_args(args)
-    sae = sae.to(lm.device)
     store = None
     if cfg.run:
         path = Path(cfg.run) / FILE
         store = ContextStore.load(path)
         if store.fingerprint and store.fingerprint != sae_fingerprint(sae):
             raise SaesteerError(f"{path} was built with another SAE; pass the run's SAE or drop --run")
+    texts = _corpus_texts(cfg) if store is None else []
+    lm = model_from_args(args)
+    sae = sae.to(lm.device)
     if store is None:
-        rows = _corpus_rows(cfg, lm.tokenizer)
+        rows = corpus_rows(lm.tokenizer, texts, cfg.context_len, cfg.n_windows)
+        if not rows:
+            raise SaesteerError("the corpus gave no token windows; give a corpus with text in it")
         store = build_store(lm.model, sae, rows, ["corpus"] * len(rows), batch_size=cfg.batch_size, progress=True)
     card = describe_feature(lm.model, lm.tokenizer, sae, store, fid, cfg.n_contexts, lens_k=cfg.lens_k)
     print(card.to_text())

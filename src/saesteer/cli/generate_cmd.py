@@ -15,8 +15,11 @@ from saesteer.model.generation import GenerationConfig, generate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate chat completions",
-                       description="Generate chat completions for prompts (batched, left-padded, KV cache).")
+    p = sub.add_parser(
+        "generate",
+        help="generate chat completions",
+        description="Generate chat completions for prompts (batched, left-padded, KV cache).",
+    )
     p.add_argument("prompts", nargs="*", help="user prompts (or use --prompts-file)")
     p.add_argument("--prompts-file", help="a .txt file (one prompt a line) or .jsonl ({'prompt'} or {'messages'})")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")

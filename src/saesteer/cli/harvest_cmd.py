@@ -14,14 +14,24 @@ from saesteer.model.generation import GenerationConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("harvest", help="harvest activations into an on-disk cache",
-                       description="Harvest activations at one hook point with the truncated forward into "
-                                   "bf16 shards + manifest. Rerunning resumes a partial harvest.")
+    p = sub.add_parser(
+        "harvest",
+        help="harvest activations into an on-disk cache",
+        description="Harvest activations at one hook point with the truncated forward into "
+        "bf16 shards + manifest. Rerunning resumes a partial harvest.",
+    )
     p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    p.add_argument("--chat-prompts", nargs="+", metavar="SET[:N]", default=None,
-                   help="prompt sets whose chat conversations (with the model's own responses, generated once and "
-                        "cached in OUT_DIR/chat.jsonl) are mixed in, e.g. donotanswer:300 alpaca:300")
-    p.add_argument("--data-dir", help="data directory for --chat-prompts (default: $SAESTEER_DATA_DIR or ../shared/data)")
+    p.add_argument(
+        "--chat-prompts",
+        nargs="+",
+        metavar="SET[:N]",
+        default=None,
+        help="prompt sets whose chat conversations (with the model's own responses, generated once and "
+        "cached in OUT_DIR/chat.jsonl) are mixed in, e.g. donotanswer:300 alpaca:300",
+    )
+    p.add_argument(
+        "--data-dir", help="data directory for --chat-prompts (default: $SAESTEER_DATA_DIR or ../shared/data)"
+    )
     p.add_argument("--chat-max-new-tokens", type=int, default=48, help="response length for chat data (default: 48)")
     add_model_args(p)
     add_dataclass_args(p, HarvestConfig)
@@ -49,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
     if args.chat_prompts:
         prompts = chat_prompts(args.chat_prompts, args.data_dir, cfg.seed)
         chat_file = Path(cfg.out_dir) / "chat.jsonl"
-        chat = build_chat_data(lm.model, lm.tokenizer, prompts, chat_file,
-                               GenerationConfig(max_new_tokens=args.chat_max_new_tokens, batch_size=16))
+        chat = build_chat_data(
+            lm.model,
+            lm.tokenizer,
+            prompts,
+            chat_file,
+            GenerationConfig(max_new_tokens=args.chat_max_new_tokens, batch_size=16),
+        )
         cfg.chat_file = str(chat_file)
     elif cfg.chat_file:
         chat = read_chat_file(cfg.chat_file)

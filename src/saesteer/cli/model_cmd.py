@@ -12,8 +12,11 @@ from saesteer.model.adapter import ArchAdapter
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="inspect a model", description="Inspect a model.")
     msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
-    info = msub.add_parser("info", help="architecture, layers, d_model and hook points",
-                           description="Print architecture, number of layers, d_model and hook points.")
+    info = msub.add_parser(
+        "info",
+        help="architecture, layers, d_model and hook points",
+        description="Print architecture, number of layers, d_model and hook points.",
+    )
     add_model_args(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=run_info)

@@ -11,9 +11,10 @@ from saesteer.study.config import StudyConfig
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "reproduce", help="the whole study: harvest, SAE, features, sweep, evaluation, report",
+        "reproduce",
+        help="the whole study: harvest, SAE, features, sweep, evaluation, report",
         description="Run the study end to end (harvest -> train SAE -> find features -> sweep -> evaluate -> "
-                    "report). Every stage is cached by its inputs under --out-dir; rerunning resumes.",
+        "report). Every stage is cached by its inputs under --out-dir; rerunning resumes.",
     )
     p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
     add_model_args(p)

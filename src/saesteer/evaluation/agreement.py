@@ -35,10 +35,32 @@ def load_refusal_labels(path: str | os.PathLike[str] | None = None, split: str |
                 f"label file {p} not found; pass a JSON-lines file of {{prompt, completion, label_refusal}}"
             )
         recs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    _attach_prompts(recs)
     for i, r in enumerate(recs):
         if not all(k in r for k in ("prompt", "completion", "label_refusal")):
             raise SaesteerError(f"label record {i} lacks prompt, completion or label_refusal; fix the label file")
     return [r for r in recs if split is None or r.get("split") == split]
+
+
+def _attach_prompts(recs: list[dict[str, Any]]) -> None:
+    """Fill ``prompt`` from the data directory for records that reference a prompt by set and id.
+
+    The packaged labels store only (prompt_set, prompt_id) and the model's completion, not the upstream
+    prompt text; without a data directory the prompt stays empty (the judges read the completion).
+    """
+    from saesteer.evaluation.datasets import load_prompts
+
+    texts: dict[str, dict[str, str]] = {}
+    for r in recs:
+        if "prompt" in r or "prompt_set" not in r:
+            continue
+        name = r["prompt_set"]
+        if name not in texts:
+            try:
+                texts[name] = {p.id: p.text for p in load_prompts(name)}
+            except SaesteerError:
+                texts[name] = {}
+        r["prompt"] = texts[name].get(r.get("prompt_id", ""), "")
 
 
 def agreement(judge: Judge, labels: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -56,9 +56,9 @@ def attacker_request(
 
 
 def parse_next_message(raw: str) -> tuple[str, bool]:
-    """(next question, parsed) from an attacker reply: the JSON ``next_message`` (even in a cut-off object), else
-    the raw text without code fences."""
-    m = re.search(r'"next_message"\s*:\s*"((?:[^"\\]|\\.)*)"', raw, flags=re.S)
+    """(next question, parsed) from an attacker reply: the JSON ``next_message`` (even in a cut-off object or a
+    cut-off string), else the raw text without code fences."""
+    m = re.search(r'"next_message"\s*:\s*"((?:[^"\\]|\\.)*)(?:"|\\?$)', raw, flags=re.S)
     if m:
         try:
             text = str(json.loads(f'"{m.group(1)}"')).strip()

@@ -75,7 +75,7 @@ class FindFeaturesConfig:
             (self.n_harmful >= 1 and self.n_harmless >= 1, "n_harmful and n_harmless must be >= 1"),
             (self.n_rank >= 1 and self.n_attribution >= 1, "n_rank and n_attribution must be >= 1"),
             (self.per_ranker >= 1 and self.max_screen >= 1, "per_ranker and max_screen must be >= 1"),
-            (self.n_generate >= 0, "n_generate must be >= 0"),
+            (self.n_generate >= 1, "n_generate must be >= 1 (the choice rests on the generation screen)"),
             (self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1"),
             (self.min_refusal_tokens >= 1, "min_refusal_tokens must be >= 1"),
             (self.positions in ("all", "prompt", "generated"), "positions must be all, prompt or generated"),

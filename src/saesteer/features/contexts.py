@@ -120,11 +120,13 @@ class ContextStore:
         return FeatureStats((counts / max(n, 1)).float(), mean, maxes, n)
 
     def top_contexts(self, feature: int, n: int = 10, left: int = 24, right: int = 8) -> list[Context]:
-        """The ``n`` strongest activations of ``feature`` (one per row), each with its surrounding tokens."""
+        """The ``n`` strongest activations of ``feature`` (one per row, identical windows shown once, e.g. a
+        chat template's system prompt repeated in every chat row), each with its surrounding tokens."""
         acts = self.feature_acts(feature)
         order = torch.argsort(acts, descending=True, stable=True)
         out: list[Context] = []
         seen: set[int] = set()
+        windows: set[tuple[int, ...]] = set()
         for t in order.tolist():
             if float(acts[t]) <= 0 or len(out) >= n:
                 break
@@ -134,6 +136,10 @@ class ContextStore:
             seen.add(row)
             lo = max(int(self.offsets[row]), t - left)
             hi = min(int(self.offsets[row + 1]), t + right + 1)
+            key = tuple(self.tokens[lo:hi].tolist())
+            if key in windows:
+                continue
+            windows.add(key)
             out.append(
                 Context(
                     self.sources[row],

@@ -27,12 +27,12 @@ from saesteer.errors import SaesteerError
 from saesteer.features import candidates as cand_mod
 from saesteer.features import rankers as rk
 from saesteer.features.config import Checkpoint, FindFeaturesConfig, identity, load_texts, resolve_sets
-from saesteer.features.contexts import FILE as CONTEXTS_FILE
-from saesteer.features.contexts import ContextStore, build_store, corpus_rows, sae_fingerprint
+from saesteer.features.contexts import sae_fingerprint
 from saesteer.features.control import pick_control, topic_ranking
 from saesteer.features.interpret import describe_feature
+from saesteer.features.reference import reference_store
 from saesteer.features.refusal_score import RefusalTokens, calibrate_score
-from saesteer.features.report import build_report, clamp_mapping, ranker_comparison, write_outputs
+from saesteer.features.report import build_report, clamp_mapping, ranker_comparison
 from saesteer.features.screen import (
     CheapResult,
     GenResult,
@@ -45,8 +45,9 @@ from saesteer.features.screen import (
     hook_point,
     screen_pool,
 )
+from saesteer.features.summary import write_outputs
 from saesteer.model.adapter import ArchAdapter
-from saesteer.model.generation import GenerationConfig, encode_chats
+from saesteer.model.generation import GenerationConfig
 from saesteer.sae.base import SAE
 from saesteer.steering.direction import post_instruction_tokens
 from saesteer.steering.engine import Steering
@@ -61,27 +62,6 @@ def _ranking_from(d: dict[str, Any]) -> rk.Ranking:
 
 def _ranking_to(r: rk.Ranking) -> dict[str, Any]:
     return {"name": r.name, "features": r.features, "scores": r.scores, "description": r.description}
-
-
-def _corpus_texts(cfg: FindFeaturesConfig) -> list[str]:
-    import itertools
-
-    if cfg.corpus is not None and cfg.corpus.lower() == "none":
-        return []
-    if cfg.corpus:
-        from saesteer.activations.sources import iter_texts
-
-        return list(itertools.islice(iter_texts(cfg.corpus), cfg.corpus_windows * 4))
-    from saesteer.evaluation.datafiles import data_dir
-
-    if data_dir(cfg.data_dir) is None:
-        return []
-    from saesteer.evaluation.datasets import load_corpus_texts
-
-    try:
-        return load_corpus_texts(n=cfg.corpus_windows * 2, seed=cfg.seed, data_dir=cfg.data_dir, min_chars=200)
-    except SaesteerError:
-        return []
 
 
 def find_features(
@@ -179,6 +159,12 @@ def find_features(
         return {"search": cs.to_dict(), "ranking": _ranking_to(cs.ranking())}
 
     paper_res = ckpt.stage("paper", paper)
+    resp = paper_res["search"]["responses"]
+    log(
+        f"    {sum(r['used'] for r in resp)} of {len(resp)} archetype responses used "
+        f"({sum(r['refused'] for r in resp)} judged refusals); {paper_res['search']['n_candidates']} candidates on "
+        f"{paper_res['search']['n_refusal_tokens']} refusal tokens"
+    )
     timings["paper"] = time.time() - t
 
     # --- 3. other rankers ----------------------------------------------------------------------------------------
@@ -224,7 +210,7 @@ def find_features(
 
     # --- 4. contexts and statistics ------------------------------------------------------------------------------
     t = stage(4, "token contexts and feature statistics (corpus windows + chat prompts)")
-    store = _contexts(adapter, tokenizer, sae, cfg, ckpt, harm, safe, paper_res, progress, fp)
+    store = reference_store(adapter, tokenizer, sae, cfg, ckpt, harm, safe, paper_res, progress, fp)
     stats = store.stats()
     timings["contexts"] = time.time() - t
 
@@ -300,6 +286,8 @@ def find_features(
         if g.feature not in [f for f, _ in shown]:
             shown.append((g.feature, "generation-screened candidate"))
     cards = [describe_feature(adapter, tokenizer, sae, store, f, cfg.n_contexts, title) for f, title in shown]
+    if control.feature is not None and control.feature not in values:  # the control is clamped the same way
+        values.update(clamp_values([control.feature], stats.max_act, cfg.clamp_multiple, cfg.clamp_value))
     mapping = clamp_mapping(values, stats, chosen.feature if chosen else target, cfg, runner.median_resid_norm())
     timings["interpretation"] = time.time() - t
     timings["total"] = time.time() - t_start
@@ -357,49 +345,3 @@ def _gen_from(d: dict[str, Any]) -> GenResult:
         d["significant"],
         d.get("examples", []),
     )
-
-
-def _contexts(
-    adapter: ArchAdapter,
-    tokenizer: Any,
-    sae: SAE,
-    cfg: FindFeaturesConfig,
-    ckpt: Checkpoint,
-    harm: list[str],
-    safe: list[str],
-    paper_res: dict[str, Any],
-    progress: bool,
-    fp: str,
-) -> ContextStore:
-    """The context store of this run (loaded from OUT if the checkpoint says it is complete)."""
-    path = Path(cfg.out) / CONTEXTS_FILE
-    if ckpt.get("contexts") == fp and path.is_file():
-        store = ContextStore.load(path)
-        if store.fingerprint == fp:
-            return store
-    rows: list[list[int]] = []
-    sources: list[str] = []
-    texts = _corpus_texts(cfg)
-    for w in corpus_rows(tokenizer, texts, cfg.context_len, cfg.corpus_windows) if texts else []:
-        rows.append(w)
-        sources.append("corpus")
-
-    def add_chats(prompts: list[Any], source: str) -> None:
-        for p in prompts:
-            ids = encode_chats(tokenizer, [p], cfg.system_prompt)["input_ids"][0].tolist()
-            rows.append(ids)
-            sources.append(source)
-
-    add_chats(harm, "harmful")
-    add_chats(safe, "harmless")
-    add_chats(list(cfg.topic_prompts), "topic")
-    for r in paper_res["search"]["responses"]:
-        if r["used"]:
-            conv = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
-            text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)
-            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-            sources.append("refusal")
-    store = build_store(adapter, sae, rows, sources, batch_size=cfg.batch_size, progress=progress)
-    store.save(path)
-    ckpt.put("contexts", fp)
-    return store

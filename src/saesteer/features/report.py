@@ -3,23 +3,22 @@
 ``features.json`` (format ``saesteer.features.v1``) holds: ``config``, ``seed``, ``model``, ``sae``,
 ``data`` (prompt ids), ``refusal_score`` (tokens, calibration against the judge), ``baseline``,
 ``paper`` (archetype responses and candidates), ``rankers`` (top lists), ``screen`` (pool, clamp
-mapping, ``cheap`` and ``generation`` results), ``chosen``, ``ranker_comparison``, ``control``,
+mapping with per-feature reference max / mean for every screened feature and the control, ``cheap`` and
+``generation`` results), ``chosen``, ``ranker_comparison``, ``control``,
 ``features`` (feature cards), ``status`` (``ok`` or ``no_candidate_passed``) and ``timings``.
 """
 
 from __future__ import annotations
 
-import html
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from saesteer.config import atomic_write_json, atomic_write_text, config_to_dict
+from saesteer.config import config_to_dict
 from saesteer.features.contexts import FeatureStats
-from saesteer.features.interpret import HTML_HEAD, FeatureCard
+from saesteer.features.interpret import FeatureCard
 from saesteer.features.rankers import Ranking
 from saesteer.features.screen import CheapResult, GenResult
 
@@ -196,226 +195,3 @@ def build_report(
         "features": {str(c.feature): c.to_dict() for c in cards},
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-
-
-# --- summary rendering -------------------------------------------------------------------------------------------
-
-Block = tuple[Any, ...]
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
-
-
-def _rate(r: dict[str, Any]) -> str:
-    return f"{r['k']}/{r['n']} = {_pct(r['rate'])} [{_pct(r['lo'])}, {_pct(r['hi'])}]"
-
-
-def _diff(d: dict[str, Any]) -> str:
-    return f"{d['d']:+.1%} [{d['lo']:+.1%}, {d['hi']:+.1%}]"
-
-
-def _num(x: float | None, fmt: str = "{:.3f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
-def summary_blocks(rep: dict[str, Any]) -> list[Block]:
-    """The summary as blocks: ("h", text), ("p", text), ("table", headers, rows)."""
-    cal = rep["refusal_score"]["calibration"]
-    b: list[Block] = [
-        ("h", "Refusal feature discovery"),
-        (
-            "p",
-            f"model {rep['model'] or '-'}; SAE {rep['sae']['path'] or '-'} ({rep['sae']['architecture']}, "
-            f"{rep['sae']['d_sae']} features, {rep['sae']['hook']}); seed {rep['seed']}; status "
-            f"**{rep['status']}**",
-        ),
-        ("h", "Baseline (greedy, judged)"),
-        (
-            "table",
-            ["set", "refused"],
-            [
-                [rep["data"]["harmful"]["name"], _rate(rep["baseline"]["harmful"])],
-                [rep["data"]["harmless"]["name"], _rate(rep["baseline"]["harmless"])],
-            ],
-        ),
-        (
-            "p",
-            f"cheap refusal score ({rep['refusal_score']['mode']}) vs judge: AUROC {_num(cal['auroc'])}, "
-            f"agreement {_pct(cal['agreement'])} at threshold {_num(cal['threshold'])} (n={cal['n']})",
-        ),
-    ]
-    ch = rep["chosen"]
-    b.append(("h", "Chosen feature"))
-    if ch:
-        b.append(
-            (
-                "p",
-                f"feature **{ch['feature']}** clamped to {ch['value']:.3f}: harmful {_rate(ch['harmful'])} "
-                f"(gain {_diff(ch['gain'])}), harmless {_rate(ch['harmless'])} (over-refusal "
-                f"{_diff(ch['over_refusal'])}); gain interval excludes 0: {ch['significant']}",
-            )
-        )
-    else:
-        b.append(("p", "none passed the screen (see the generation screen below)"))
-    ctl = rep["control"]
-    b.append(("h", "Control feature"))
-    b.append(
-        (
-            "p",
-            f"feature **{ctl['feature']}**: {ctl['reason']} (freq {_num(ctl['freq'], '{:.2e}')} vs "
-            f"{ctl['target_freq']:.2e}, mean act {_num(ctl['mean_act'])} vs {ctl['target_mean_act']:.3f})"
-            if ctl and ctl["feature"] is not None
-            else f"none: {ctl['reason'] if ctl else '-'}",
-        )
-    )
-    g_rows = [
-        [
-            g["feature"],
-            f"{g['value']:.3f}",
-            _rate(g["harmful"]),
-            _rate(g["harmless"]),
-            _diff(g["gain"]),
-            _diff(g["over_refusal"]),
-            f"{g['objective']:+.3f}",
-            "yes" if g["passes"] else "no",
-        ]
-        for g in rep["screen"]["generation"]
-    ]
-    b += [
-        ("h", "Generation screen"),
-        (
-            "table",
-            ["feature", "clamp", "harmful refused", "harmless refused", "gain", "over-refusal", "objective", "passes"],
-            g_rows,
-        ),
-    ]
-    names = list(rep["rankers"])
-    c_rows = [
-        [
-            c["feature"],
-            f"{c['value']:.3f}",
-            *[_num(rep["screen"]["pool_ranks"][str(c["feature"])].get(n), "{}") for n in names],
-            f"{c['d_harmful_score']:+.3f}",
-            f"{c['d_harmless_score']:+.3f}",
-            _pct(c["harmful_pred"]),
-            _pct(c["harmless_pred"]),
-            f"{c['objective']:+.3f}",
-        ]
-        for c in rep["screen"]["cheap"]
-    ]
-    b += [
-        ("h", "Cheap screen (one forward per prompt)"),
-        (
-            "table",
-            [
-                "feature",
-                "clamp",
-                *[f"rank: {n}" for n in names],
-                "d score harmful",
-                "d score harmless",
-                "pred. harmful",
-                "pred. harmless",
-                "objective",
-            ],
-            c_rows,
-        ),
-    ]
-    comp = rep["ranker_comparison"]
-    r_rows = [
-        [
-            n,
-            _num(v["rank_of_chosen"], "{}"),
-            _num(v["rank_of_best_cheap"], "{}"),
-            f"{v['top_n_positive']}/{v['top_n_screened']}",
-            _num(v["best_objective_in_top_n"], "{:+.3f}"),
-        ]
-        for n, v in comp["by_ranker"].items()
-    ]
-    b += [
-        ("h", "Rankers compared"),
-        (
-            "p",
-            f"fewest causal screens to the {'chosen' if rep['chosen'] else 'best cheap'} feature: "
-            f"{', '.join(comp['winners']) or '-'} (rank {comp['best_rank']})",
-        ),
-        (
-            "table",
-            ["ranker", "rank of chosen", "rank of best cheap", "positive in top N", "best objective in top N"],
-            r_rows,
-        ),
-    ]
-    m = rep["screen"]["clamp"]
-    pv = m["paper_values"]
-    b += [
-        ("h", "Clamp units"),
-        (
-            "p",
-            f"mode {m['mode']} (multiple {m['multiple']}); chosen/reference feature {m['chosen']['feature']}: max "
-            f"{m['chosen']['ref_max']:.3f}, mean {m['chosen']['ref_mean']:.3f}; median residual norm "
-            f"{m['median_resid_norm']:.2f}. The paper's 10 / 12 = {_num(pv['10']['x_chosen_max'], '{:.2f}')} / "
-            f"{_num(pv['12']['x_chosen_max'], '{:.2f}')} x this feature's max, "
-            f"{_num(pv['10']['fraction_of_resid_norm'], '{:.2f}')} / "
-            f"{_num(pv['12']['fraction_of_resid_norm'], '{:.2f}')} x the residual norm.",
-        ),
-    ]
-    a_rows = [
-        [r["prompt"], r["response"][:160], "yes" if r["refused"] else "no", "yes" if r["used"] else "no"]
-        for r in rep["paper"]["responses"]
-    ]
-    b += [
-        ("h", "Archetypal prompts (paper's procedure)"),
-        ("table", ["prompt", "response", "refused", "used"], a_rows),
-        (
-            "p",
-            f"{rep['paper']['n_candidates']} candidates active on >= {rep['paper']['min_tokens']} of "
-            f"{rep['paper']['n_refusal_tokens']} refusal tokens",
-        ),
-    ]
-    return b
-
-
-def _md_cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(rep: dict[str, Any], cards: Sequence[FeatureCard]) -> str:
-    out: list[str] = []
-    for blk in summary_blocks(rep):
-        if blk[0] == "h":
-            out += [f"{'#' if not out else '##'} {blk[1]}", ""]
-        elif blk[0] == "p":
-            out += [blk[1], ""]
-        else:
-            out += ["| " + " | ".join(blk[1]) + " |", "|" + "---|" * len(blk[1])]
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in blk[2]] + [""]
-    out += ["## Feature cards", ""] + [c.to_markdown() for c in cards]
-    return "\n".join(out) + "\n"
-
-
-def render_html(rep: dict[str, Any], cards: Sequence[FeatureCard]) -> str:
-    out = [HTML_HEAD.format(title="saesteer: refusal features")]
-    first = True
-    for blk in summary_blocks(rep):
-        if blk[0] == "h":
-            out.append(f"<h{1 if first else 2}>{html.escape(blk[1])}</h{1 if first else 2}>")
-            first = False
-        elif blk[0] == "p":
-            text = html.escape(blk[1])
-            parts = text.split("**")
-            out.append("<p>" + "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts)) + "</p>")
-        else:
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in blk[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in blk[2])
-            out.append(f"<table><tr>{head}</tr>{rows}</table>")
-    out.append("<h2>Feature cards</h2>")
-    out += [c.to_html() for c in cards]
-    return "".join(out) + "</body></html>\n"
-
-
-def write_outputs(out: str | Path, report: dict[str, Any], cards: Sequence[FeatureCard]) -> None:
-    """Write features.json, features.md and features.html into ``out`` atomically."""
-    p = Path(out)
-    atomic_write_json(p / "features.json", report)
-    atomic_write_text(p / "features.md", render_markdown(report, cards))
-    atomic_write_text(p / "features.html", render_html(report, cards))

@@ -88,7 +88,7 @@ class ArchAdapter:
     """Where a model's decoder layers, final norm, unembedding and hook points are."""
 
     def __init__(self, model: nn.Module):
-        cfg = getattr(model, "config", None)
+        cfg: Any = getattr(model, "config", None)
         mtype = getattr(cfg, "model_type", None)
         if mtype not in _PATHS:
             raise SaesteerError(
@@ -121,9 +121,10 @@ class ArchAdapter:
         return hp
 
     def _module(self, hp: HookPoint) -> nn.Module:
-        layer = self.layers[hp.layer]
+        layer: nn.Module = self.layers[hp.layer]
         if hp.kind == "mlp_out":
-            return layer.mlp
+            mlp: nn.Module = getattr(layer, "mlp")  # noqa: B009 - every supported architecture names it mlp
+            return mlp
         return layer
 
     def add_hook(self, point: str | HookPoint, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
@@ -150,8 +151,9 @@ class ArchAdapter:
         return module.register_forward_hook(post_hook)
 
     @torch.no_grad()
-    def run_to(self, point: str | HookPoint, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_to(
+        self, point: str | HookPoint, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Truncated forward: run the model only up to ``point`` and return the activation there."""
         captured: list[torch.Tensor] = []
 
@@ -171,8 +173,9 @@ class ArchAdapter:
         return captured[0]
 
     @torch.no_grad()
-    def run_full(self, point: str | HookPoint, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_full(
+        self, point: str | HookPoint, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full forward; returns (activation at ``point``, logits)."""
         captured: list[torch.Tensor] = []
         handle = self.add_hook(point, lambda x: captured.append(x.clone()) or None)  # type: ignore[func-returns-value]

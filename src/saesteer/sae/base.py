@@ -74,7 +74,7 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         nn.init.kaiming_uniform_(self.W_dec)
         with torch.no_grad():
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
             self.W_enc.copy_(self.W_dec.T)
 
     @classmethod

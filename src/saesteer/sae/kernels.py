@@ -154,7 +154,9 @@ def topk_step(
         return t if t.dtype == torch.float32 else _buffer(ws, name, tuple(t.shape), torch.float32, dev).copy_(t)
 
     grad_W_dec = as_fp32(pattern.t_matmul(vals, g_c), "grad_w_dec")
-    grad_vals = pattern.row_dots(g_c, w_dec_c).float().mul_(vals > 0)
+    # CUDA's per-sample-weight backward has no bf16 kernel: dot products in fp32 there
+    on_cpu = dev.type == "cpu"
+    grad_vals = pattern.row_dots(g_c if on_cpu else g, w_dec_c if on_cpu else W_dec).float().mul_(vals > 0)
     grad_W_enc_t = as_fp32(pattern.t_matmul(grad_vals, xc_c), "grad_w_enc")
     grad_b_enc = pattern.col_sums(grad_vals)
     if aux is not None and aux_grads is not None:

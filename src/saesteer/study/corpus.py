@@ -21,7 +21,7 @@ def stdlib_docstrings(min_chars: int = 200) -> list[str]:
     for name in names:
         try:
             mod = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - optional modules may be missing or platform-specific
+        except Exception:
             continue
         for obj in [mod, *(v for _, v in inspect.getmembers(mod) if inspect.isclass(v) or inspect.isfunction(v))]:
             if getattr(obj, "__module__", name) != name and obj is not mod:

@@ -67,39 +67,73 @@ def stage_sae(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> tuple[S
     if cfg.acts:
         acts_dir = Path(cfg.acts)
     else:
-        h_inputs = {"model": lm.spec, "hook": cfg.hook, "n_tokens": n_tokens, "chat": cfg.chat_fraction,
-                    "corpus": Path(corpus).name, "seed": cfg.seed}
+        h_inputs = {
+            "model": lm.spec,
+            "hook": cfg.hook,
+            "n_tokens": n_tokens,
+            "chat": cfg.chat_fraction,
+            "corpus": Path(corpus).name,
+            "seed": cfg.seed,
+        }
 
         def do_harvest(folder: Path) -> Path:
-            chat = build_chat_data(lm.model, lm.tokenizer, _chat_prompts(cfg, real), folder / "chat.jsonl",
-                                   GenerationConfig(max_new_tokens=48, batch_size=cfg.batch_size))
-            hcfg = HarvestConfig(out_dir=str(folder), hook=cfg.hook, corpus=[corpus], n_tokens=n_tokens,
-                                 chat_fraction=cfg.chat_fraction, seed=cfg.seed,
-                                 held_out_tokens=min(65_536, max(4096, n_tokens // 10)),
-                                 shard_tokens=min(262_144, max(8192, n_tokens // 8)))
+            chat = build_chat_data(
+                lm.model,
+                lm.tokenizer,
+                _chat_prompts(cfg, real),
+                folder / "chat.jsonl",
+                GenerationConfig(max_new_tokens=48, batch_size=cfg.batch_size),
+            )
+            hcfg = HarvestConfig(
+                out_dir=str(folder),
+                hook=cfg.hook,
+                corpus=[corpus],
+                n_tokens=n_tokens,
+                chat_fraction=cfg.chat_fraction,
+                seed=cfg.seed,
+                held_out_tokens=min(65_536, max(4096, n_tokens // 10)),
+                shard_tokens=min(262_144, max(8192, n_tokens // 8)),
+            )
             return harvest(lm.model, lm.tokenizer, hcfg, lm.spec, chat=chat)
 
         acts_dir = runner.run("harvest", h_inputs, do_harvest, lambda f: f)
     store = ActivationStore(acts_dir)
     from saesteer.sae.train import TrainConfig, train_sae
 
-    t_inputs = {"acts": store.manifest["shards"][-1]["sha256"], "d_sae": cfg.d_sae, "k": cfg.k, "seed": cfg.seed,
-                "tokens": store.n_tokens}
+    t_inputs = {
+        "acts": store.manifest["shards"][-1]["sha256"],
+        "d_sae": cfg.d_sae,
+        "k": cfg.k,
+        "seed": cfg.seed,
+        "tokens": store.n_tokens,
+    }
 
     def do_train(folder: Path) -> Path:
-        tcfg = TrainConfig(k=cfg.k, d_sae=cfg.d_sae, total_tokens=max(store.n_tokens, 4096), out_dir=str(folder),
-                           seed=cfg.seed, batch_size=min(4096, max(256, store.n_tokens // 50)))
-        result = train_sae(tcfg, lambda s: store.batches(tcfg.batch_size, seed=cfg.seed, start_step=s),
-                           store.d_model, hook_name=store.hook_name, model_name=lm.spec,
-                           metadata={"activation_cache": str(acts_dir)})
+        tcfg = TrainConfig(
+            k=cfg.k,
+            d_sae=cfg.d_sae,
+            total_tokens=max(store.n_tokens, 4096),
+            out_dir=str(folder),
+            seed=cfg.seed,
+            batch_size=min(4096, max(256, store.n_tokens // 50)),
+        )
+        result = train_sae(
+            tcfg,
+            lambda s: store.batches(tcfg.batch_size, seed=cfg.seed, start_step=s),
+            store.d_model,
+            hook_name=store.hook_name,
+            model_name=lm.spec,
+            metadata={"activation_cache": str(acts_dir)},
+        )
         return result.sae_dir
 
     sae_dir = runner.run("train_sae", t_inputs, do_train, lambda f: f / "sae")
     return load_sae(sae_dir, dtype="float32"), sae_dir, str(acts_dir)
 
 
-def stage_sae_metrics(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, sae_dir: Path,
-                      acts: str | None) -> dict[str, Any]:
+def stage_sae_metrics(
+    runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, sae_dir: Path, acts: str | None
+) -> dict[str, Any]:
     from saesteer.cli.sae_cmd import EvalConfig, _corpus_windows
     from saesteer.sae.metrics import activation_metrics, combine_spliced, spliced_metrics
 
@@ -111,13 +145,19 @@ def stage_sae_metrics(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sa
         ecfg = EvalConfig(corpus=corpus, n_texts=32 if cfg.profile != "tiny" else 4)
         ids, mask = _corpus_windows(ecfg, lm.tokenizer)
         adapter = ArchAdapter(lm.model)
-        parts = [spliced_metrics(lm.model, adapter, sae, ids[i:i + 8], mask[i:i + 8]) for i in range(0, len(ids), 8)]
+        parts = [
+            spliced_metrics(lm.model, adapter, sae, ids[i : i + 8], mask[i : i + 8]) for i in range(0, len(ids), 8)
+        ]
         out["spliced"] = combine_spliced(parts)
         atomic_write_json(folder / "sae_metrics.json", out)
         return out
 
-    return runner.run("sae_metrics", {"sae": str(sae_dir), "profile": cfg.profile}, run,
-                      lambda f: json.loads((f / "sae_metrics.json").read_text()))
+    return runner.run(
+        "sae_metrics",
+        {"sae": str(sae_dir), "profile": cfg.profile},
+        run,
+        lambda f: json.loads((f / "sae_metrics.json").read_text()),
+    )
 
 
 def stage_direction(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> Any:
@@ -135,9 +175,12 @@ def stage_direction(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> A
         d.save(folder / "direction.safetensors")
         return d
 
-    return runner.run("direction", {"model": lm.spec, "hook": cfg.hook, "n": n, "sets": [harmful, harmless],
-                                    "seed": cfg.seed}, run,
-                      lambda f: RefusalDirection.load(f / "direction.safetensors"))
+    return runner.run(
+        "direction",
+        {"model": lm.spec, "hook": cfg.hook, "n": n, "sets": [harmful, harmless], "seed": cfg.seed},
+        run,
+        lambda f: RefusalDirection.load(f / "direction.safetensors"),
+    )
 
 
 def stage_features(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, sae_dir: Path) -> dict[str, Any]:
@@ -147,12 +190,21 @@ def stage_features(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: 
     real = data_dir(cfg.data_dir) is not None
     n = cfg.size("find_n")
     fcfg = FindFeaturesConfig(
-        sae=str(sae_dir), data_dir=cfg.data_dir, n_harmful=n, n_harmless=n, max_screen=cfg.size("find_screen"),
-        n_generate=cfg.size("find_generate"), seed=cfg.seed, batch_size=cfg.batch_size,
-        harmful="harmbench:val" if real else "builtin_harmful", harmless="alpaca" if real else "builtin_harmless",
-        rank_harmful="advbench" if real else "builtin_harmful", rank_harmless="alpaca" if real else "builtin_harmless",
+        sae=str(sae_dir),
+        data_dir=cfg.data_dir,
+        n_harmful=n,
+        n_harmless=n,
+        max_screen=cfg.size("find_screen"),
+        n_generate=cfg.size("find_generate"),
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        harmful="harmbench:val" if real else "builtin_harmful",
+        harmless="alpaca" if real else "builtin_harmless",
+        rank_harmful="advbench" if real else "builtin_harmful",
+        rank_harmless="alpaca" if real else "builtin_harmless",
         corpus=None if real else _corpus(cfg, runner.root)[0],
-        n_rank=min(64, 2 * n), n_attribution=min(32, n),
+        n_rank=min(64, 2 * n),
+        n_attribution=min(32, n),
     )
 
     def run(folder: Path) -> dict[str, Any]:
@@ -170,12 +222,17 @@ def stage_features(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: 
             print(f"saesteer: warning: {exc}; the sweep uses the best screened feature {best['feature']}")
             return report
 
-    return runner.run("features", {"sae": str(sae_dir), **config_to_dict(fcfg)}, run,
-                      lambda f: json.loads((f / "features.json").read_text()))
+    return runner.run(
+        "features",
+        {"sae": str(sae_dir), **config_to_dict(fcfg)},
+        run,
+        lambda f: json.loads((f / "features.json").read_text()),
+    )
 
 
-def stage_sweep(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, direction: Any,
-                features: dict[str, Any]) -> tuple[ResultsTable, list[Any]]:
+def stage_sweep(
+    runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, direction: Any, features: dict[str, Any]
+) -> tuple[ResultsTable, list[Any]]:
     chosen = features.get("chosen") or {}
     control = features.get("control") or {}
     refusal_f = [int(chosen["feature"])] if chosen.get("feature") is not None else []
@@ -185,22 +242,42 @@ def stage_sweep(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE
     missing = [f for f in refusal_f + control_f if f not in fmax]
     if missing:
         from saesteer.features.contexts import ContextStore  # noqa: F401 - stats live with the contexts
+
         z = sae.encode(ActivationStore(cfg.acts).held_out(65_536).float()) if cfg.acts else None
         for f in missing:
             fmax[f] = float(z[:, f].max()) if z is not None else 1.0
-    scfg = SweepConfig(clamp_values=list(cfg.clamp_multiples), clamp_units="max", conditional=True,
-                       gate="direction", gate_fpr=cfg.gate_fpr, direction_coeffs=list(cfg.direction_coeffs))
+    scfg = SweepConfig(
+        clamp_values=list(cfg.clamp_multiples),
+        clamp_units="max",
+        conditional=True,
+        gate="direction",
+        gate_fpr=cfg.gate_fpr,
+        direction_coeffs=list(cfg.direction_coeffs),
+    )
     grid = build_grid(scfg, refusal_f, control_f, feature_max=fmax, direction=True)
     real = data_dir(cfg.data_dir) is not None
-    dev = [p.text for p in load_prompts("alpaca" if real else "builtin_harmless", n=64, seed=cfg.seed + 23,
-                                        data_dir=cfg.data_dir)]
-    inputs = {"sae": features.get("sae", {}).get("fingerprint"), "grid": [c.to_dict() for c in grid],
-              **{k: v for k, v in config_to_dict(cfg.resolved()).items() if k not in ("out_dir", "report_dir")}}
+    dev = [
+        p.text
+        for p in load_prompts("alpaca" if real else "builtin_harmless", n=64, seed=cfg.seed + 23, data_dir=cfg.data_dir)
+    ]
+    inputs = {
+        "sae": features.get("sae", {}).get("fingerprint"),
+        "grid": [c.to_dict() for c in grid],
+        **{k: v for k, v in config_to_dict(cfg.resolved()).items() if k not in ("out_dir", "report_dir")},
+    }
 
     def run(folder: Path) -> ResultsTable:
         table = ResultsTable.open(folder / "results.json", meta={"model": lm.spec})
-        ctx = SweepContext(lm.model, lm.tokenizer, lm.spec, sae, direction, cfg.resolved(), dev,
-                           CompletionCache(folder / "completions.jsonl"))
+        ctx = SweepContext(
+            lm.model,
+            lm.tokenizer,
+            lm.spec,
+            sae,
+            direction,
+            cfg.resolved(),
+            dev,
+            CompletionCache(folder / "completions.jsonl"),
+        )
         for i, cond in enumerate(grid, start=1):
             print(f"[sweep] condition {i}/{len(grid)}: {cond.name}", flush=True)
             evaluate_condition(ctx, cond, table)
@@ -229,12 +306,17 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     table, grid = stage_sweep(runner, lm, cfg, sae, direction, features)
     report_dir = root / "report"
     data = ReportData(
-        table=table, conditions=grid,
+        table=table,
+        conditions=grid,
         model_info={"model": lm.spec, **adapter.info(), "dtype": str(lm.dtype)},
         sae_info={"path": str(sae_dir), "d_sae": sae.d_sae, "k": sae.cfg.k, "hook": sae.cfg.hook_name, **metrics},
-        feature_info={"chosen": features.get("chosen"), "control": features.get("control"),
-                      "ranker_comparison": features.get("ranker_comparison")},
-        stage_seconds=dict(runner.times), title=f"saesteer reproduce: {lm.spec}, profile {cfg.profile}",
+        feature_info={
+            "chosen": features.get("chosen"),
+            "control": features.get("control"),
+            "ranker_comparison": features.get("ranker_comparison"),
+        },
+        stage_seconds=dict(runner.times),
+        title=f"saesteer reproduce: {lm.spec}, profile {cfg.profile}",
         notes=[f"config: {json.dumps(config_to_dict(cfg))}", f"total wall time this run: {time.time() - t_all:.0f} s"],
     )
     write_report(report_dir, data)

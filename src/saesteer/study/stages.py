@@ -39,8 +39,7 @@ class StageRunner:
     def folder(self, name: str, inputs: dict[str, Any]) -> Path:
         return self.root / f"{name}-{input_hash(inputs)}"
 
-    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], T],
-            load: Callable[[Path], T]) -> T:
+    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], T], load: Callable[[Path], T]) -> T:
         """Return ``load(folder)`` if the stage is finished, else ``fn(folder)`` (which may resume)."""
         folder = self.folder(name, inputs)
         marker = folder / DONE

@@ -21,7 +21,7 @@ from saesteer.report.sweep import Condition
 from saesteer.sae.base import SAE
 from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.engine import Steering
-from saesteer.steering.gate import Gate, FeatureScorer, prompt_scores
+from saesteer.steering.gate import FeatureScorer, Gate, prompt_scores
 from saesteer.steering.interventions import ClampFeature
 from saesteer.study.config import StudyConfig
 
@@ -62,10 +62,13 @@ def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
     gate = None
     if cond.gate is not None:
         g = cond.gate
-        scorer: Any = (FeatureScorer(ctx.sae, int(g["feature"])) if g["type"] == "feature"
-                       else ctx.direction.scorer())
-        gate = Gate(scorer=scorer, hook=ctx.direction.hook if g["type"] == "direction" else ctx.sae.cfg.hook_name,
-                    reduce=g.get("reduce", "last"), tail=int(g.get("tail", 5)))
+        scorer: Any = FeatureScorer(ctx.sae, int(g["feature"])) if g["type"] == "feature" else ctx.direction.scorer()
+        gate = Gate(
+            scorer=scorer,
+            hook=ctx.direction.hook if g["type"] == "direction" else ctx.sae.cfg.hook_name,
+            reduce=g.get("reduce", "last"),
+            tail=int(g.get("tail", 5)),
+        )
         if g.get("threshold") is None:
             scores = prompt_scores(ctx.model, ctx.tokenizer, ctx.gate_dev_prompts, gate, ctx.cfg.batch_size)
             gate = gate.calibrated(scores, float(g.get("fpr", ctx.cfg.gate_fpr)))
@@ -89,39 +92,82 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
     if any(not table.has(cond.name, m) for m in SAFETY_METRICS):
         t0 = time.time()
         n = cfg.size("safety_n")
-        scfg = SafetyConfig(sets=default_sets(cfg.data_dir), n=n or None, alpaca_n=cfg.size("alpaca_n"),
-                            seed=cfg.seed, data_dir=cfg.data_dir)
+        scfg = SafetyConfig(
+            sets=default_sets(cfg.data_dir),
+            n=n or None,
+            alpaca_n=cfg.size("alpaca_n"),
+            seed=cfg.seed,
+            data_dir=cfg.data_dir,
+        )
         with steered(ctx, steering):
-            suite = safety_suite(ctx.model, ctx.tokenizer, scfg, gen, cache=ctx.cache, model_id=ctx.model_id,
-                                 steering_id=cond.key, progress=True)
+            suite = safety_suite(
+                ctx.model,
+                ctx.tokenizer,
+                scfg,
+                gen,
+                cache=ctx.cache,
+                model_id=ctx.model_id,
+                steering_id=cond.key,
+                progress=True,
+            )
         secs = time.time() - t0
         for side, metric in (("unsafe", "unsafe_refusal"), ("safe", "safe_refusal")):
             pooled = suite.pooled(side)
             sets = [r.name for r in suite.results.values() if r.side == side]
             table.add(cond.rate_row(metric, pooled.k, pooled.n, sets, secs / 2), replace=True)
-        ctx.log(f"  {cond.name}: unsafe refusal {suite.pooled('unsafe').rate:.1%}, "
-                f"safe refusal {suite.pooled('safe').rate:.1%}")
+        ctx.log(
+            f"  {cond.name}: unsafe refusal {suite.pooled('unsafe').rate:.1%}, "
+            f"safe refusal {suite.pooled('safe').rate:.1%}"
+        )
     if any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
         ccfg = CapabilityConfig(
-            mmlu_n=cfg.size("mmlu_n"), mmlu_shots=cfg.size("mmlu_shots"), truthfulqa_n=cfg.size("truthfulqa_n"),
-            gsm8k_n=cfg.size("gsm8k_n"), gsm8k_shots=cfg.size("gsm8k_shots"),
-            gsm8k_max_new_tokens=cfg.size("gsm8k_max_new_tokens"), batch_size=max(1, cfg.batch_size // 2),
-            seed=cfg.seed, data_dir=cfg.data_dir, builtin=not _has_capability_data(cfg.data_dir),
+            mmlu_n=cfg.size("mmlu_n"),
+            mmlu_shots=cfg.size("mmlu_shots"),
+            truthfulqa_n=cfg.size("truthfulqa_n"),
+            gsm8k_n=cfg.size("gsm8k_n"),
+            gsm8k_shots=cfg.size("gsm8k_shots"),
+            gsm8k_max_new_tokens=cfg.size("gsm8k_max_new_tokens"),
+            batch_size=max(1, cfg.batch_size // 2),
+            seed=cfg.seed,
+            data_dir=cfg.data_dir,
+            builtin=not _has_capability_data(cfg.data_dir),
         )
         with steered(ctx, steering):
             results = run_capability(ctx.model, ctx.tokenizer, ccfg, progress=True)
         for metric, r in results.items():
-            table.add(cond.row(metric, n=r.n, score=r.score, ci_lo=r.ci_low, ci_hi=r.ci_high,
-                               datasets=(metric,), seconds=r.seconds, interval=r.interval), replace=True)
+            table.add(
+                cond.row(
+                    metric,
+                    n=r.n,
+                    score=r.score,
+                    ci_lo=r.ci_low,
+                    ci_hi=r.ci_high,
+                    datasets=(metric,),
+                    seconds=r.seconds,
+                    interval=r.interval,
+                ),
+                replace=True,
+            )
         ctx.log("  " + "; ".join(r.summary() for r in results.values()))
     if any(not table.has(cond.name, m) for m in MULTITURN_METRICS):
-        mcfg = MultiTurnConfig(n=cfg.size("multiturn_n"), seed=cfg.seed, max_steps=cfg.size("multiturn_steps") or None,
-                               data_dir=cfg.data_dir)
+        mcfg = MultiTurnConfig(
+            n=cfg.size("multiturn_n"),
+            seed=cfg.seed,
+            max_steps=cfg.size("multiturn_steps") or None,
+            data_dir=cfg.data_dir,
+        )
         attacks: tuple[str, ...] = ("fractured",) + (("crescendo",) if cfg.size("crescendo_n") > 0 else ())
-        target = (lambda: steering.apply(ctx.model)) if steering is not None else None  # noqa: E731
+        target = (lambda: steering.apply(ctx.model)) if steering is not None else None
         t0 = time.time()
-        res = run_multiturn(ctx.model, ctx.tokenizer, GenerationConfig(max_new_tokens=48, batch_size=cfg.batch_size),
-                            mcfg, attacks=attacks, target_context=target, progress=True)
+        res = run_multiturn(
+            ctx.model,
+            ctx.tokenizer,
+            GenerationConfig(max_new_tokens=48, batch_size=cfg.batch_size),
+            mcfg,
+            attacks=attacks,
+            target_context=target,
+            progress=True,
+        )
         k = sum(r.successes for r in res.values())
         n = sum(r.n for r in res.values())
         table.add(cond.rate_row("multiturn_asr", k, n, list(res), time.time() - t0), replace=True)
