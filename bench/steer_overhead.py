@@ -2,7 +2,8 @@
 
 Same process, same prompts, same token count (``min_new_tokens`` = ``max_new_tokens``), variants
 interleaved round by round so machine noise hits all of them alike. Prints tokens/s per variant and
-the throughput ratio against the unsteered baseline (target >= 0.97):
+the throughput ratio against the unsteered baseline (target >= 0.97); on a CPU also the share of each
+run spent inside the steering edit (on a shared machine the wall-clock ratio is noisy, the share is not):
 
 * ``clamp``: one clamped feature of a Top-k SAE, error term kept, exact Top-k membership (full encoder);
 * ``clamp-cols``: the same clamp reading only the feature's encoder column (``topk_exact=False``; the
@@ -145,6 +146,22 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown variant {name!r}")
 
+    hook_time = {"s": 0.0}  # time spent inside the edit during timed runs (CPU only: no device syncs needed)
+
+    def timed_apply(orig: Any) -> Any:
+        def apply(x: torch.Tensor, sel: Any, info: Any) -> torch.Tensor:
+            t = time.perf_counter()
+            out = orig(x, sel, info)
+            hook_time["s"] += time.perf_counter() - t
+            return out
+
+        return apply
+
+    if dev.type == "cpu":
+        for st in steerings.values():
+            if st is not None:
+                st.editor.apply = timed_apply(st.editor.apply)  # type: ignore[method-assign]
+
     def run(st: Steering | None, n: int) -> float:
         kw = dict(
             max_new_tokens=n,
@@ -181,10 +198,15 @@ def main() -> None:
     for name in names:  # warm-up
         run(steerings[name], args.warmup_tokens)
     times: dict[str, list[float]] = {n: [] for n in names}
+    shares: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names if n != "base"}
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        this = {n: run(steerings[n], args.new_tokens) for n in order}
+        this = {}
+        for n in order:
+            hook_time["s"] = 0.0
+            this[n] = run(steerings[n], args.new_tokens)
+            shares[n].append(hook_time["s"] / this[n])
         for n in names:
             times[n].append(this[n])
             if n != "base":
@@ -192,12 +214,18 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{n} {this[n]:.2f}s" for n in names), flush=True)
     tokens = args.batch * args.new_tokens
     base_t = statistics.median(times["base"])
-    print(f"{'variant':<11} {'tokens/s':>9} {'ratio':>6} {'paired ratios':>24}")
+    print(f"{'variant':<11} {'tokens/s':>9} {'ratio':>6} {'edit share':>10}   paired ratios")
     print(f"{'base':<11} {tokens / base_t:9.1f} {1.0:6.3f}")
     for n in names[1:]:
         t = statistics.median(times[n])
         paired = " ".join(f"{v:.3f}" for v in ratios[n])
-        print(f"{n:<11} {tokens / t:9.1f} {base_t / t:6.3f} {paired:>24}")
+        share = f"{100 * statistics.median(shares[n]):9.2f}%" if dev.type == "cpu" else "      n/a"
+        print(f"{n:<11} {tokens / t:9.1f} {base_t / t:6.3f} {share}   {paired}")
+    if dev.type == "cpu":
+        print(
+            "edit share: time inside the steering edit / the run's time, measured in the same run (robust to load "
+            "from other processes); the throughput ratio implied is 1 - share"
+        )
     # the hook's own cost on one decode step, against the measured time per generated token
     from saesteer.steering.positions import ForwardInfo
 

@@ -3,7 +3,7 @@
 Run it in the bench environment (sae-lens and eai-sparsify installed, pinned to the same torch)::
 
     python -m venv .venv-bench && . .venv-bench/bin/activate
-    pip install torch==2.13.0 && pip install -c /tmp/torch-constraint.txt sae-lens eai-sparsify
+    pip install torch==2.13.0 && pip install -c bench/constraints.txt -r bench/requirements.txt
     pip install --no-deps -e .
     python bench/train_sae.py                 # CPU, random activations
     python bench/train_sae.py --device cuda   # on a GPU

@@ -42,6 +42,13 @@ def test_direction_is_difference_of_means(chat_model, chat_tokenizer):  # type: 
         compute_refusal_direction(ad, chat_tokenizer, HARMFUL, HARMLESS, HOOK, position=7)
 
 
+def test_computed_direction_saves_and_loads(chat_model, chat_tokenizer, tmp_path):  # type: ignore[no-untyped-def]
+    rd = compute_refusal_direction(chat_model, chat_tokenizer, HARMFUL[:2], HARMLESS[:2], HOOK)
+    rd.save(tmp_path / "r.safetensors")
+    back = RefusalDirection.load(tmp_path / "r.safetensors")
+    assert torch.equal(back.direction, rd.direction) and back.hook == HOOK and back.metadata["n_post"] == "5"
+
+
 def test_save_load_round_trip_and_errors(tmp_path):  # type: ignore[no-untyped-def]
     rd = RefusalDirection(torch.randn(32), "blocks.1.hook_resid_pre", torch.randn(5, 32), "-1", {"n_harmful": "3"})
     path = tmp_path / "dir.safetensors"

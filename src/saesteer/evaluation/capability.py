@@ -76,8 +76,8 @@ class CapabilityConfig:
     builtin: bool = opt(False, "score the built-in suites instead of the data directory (smaller, no files needed)")
     share_prefix: bool = opt(
         False,
-        "TruthfulQA: run the QA primer all answers share once and reuse its KV cache (~4x faster); exact for "
-        "per-position steering, not for a gate that judges the whole prompt",
+        "TruthfulQA: run the QA primer all answers share once and reuse its KV cache (~2x faster); same scores "
+        "(up to bf16 rounding) under per-position steering, not under a gate that judges the whole prompt",
     )
 
 

@@ -54,7 +54,16 @@ def _supports_logits_to_keep(model: Any) -> bool:
 def prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
     """The KV cache of one forward pass over ``prefix`` (shared by rows scored with :func:`last_logprobs`)."""
     dev = next(model.parameters()).device
-    return model(input_ids=torch.tensor([list(prefix)], device=dev), use_cache=True).past_key_values
+    out = model(input_ids=torch.tensor([list(prefix)], device=dev), use_cache=True)
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _cache_kwarg(model: Any) -> str:
+    """``cache`` (newer transformers 5.x) or ``past_key_values`` (older), whichever the model's forward takes."""
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
 
 
 @torch.no_grad()
@@ -80,7 +89,7 @@ def last_logprobs(
         cache, plen = copy.deepcopy(prefix[0]), prefix[1]
         cache.batch_repeat_interleave(len(rows))
         mask, pos = torch.cat([torch.ones((len(rows), plen), dtype=torch.long), mask], dim=1), pos + plen
-        kwargs.update(past_key_values=cache, use_cache=True)
+        kwargs.update({_cache_kwarg(model): cache, "use_cache": True})
     kwargs.update(attention_mask=mask.to(dev), position_ids=pos.to(dev))
     if _supports_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep

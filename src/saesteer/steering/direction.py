@@ -113,7 +113,9 @@ class RefusalDirection:
             "position": self.position,
             **{k: str(v) for k, v in self.metadata.items()},
         }
-        data = save({"direction": self.direction.contiguous(), "candidates": self.candidates.contiguous()}, meta)
+        data = save(
+            {"direction": self.direction.contiguous().clone(), "candidates": self.candidates.contiguous().clone()}, meta
+        )
         atomic_write_bytes(path, data)
 
     @classmethod
@@ -185,4 +187,4 @@ def compute_refusal_direction(
         "n_post": str(n),
         "model": str(getattr(getattr(adapter.model, "config", None), "_name_or_path", "")),
     }
-    return RefusalDirection(direction.contiguous(), hp.name, cands.contiguous(), str(position), meta)
+    return RefusalDirection(direction.clone(), hp.name, cands.contiguous(), str(position), meta)

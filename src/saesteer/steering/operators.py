@@ -8,9 +8,9 @@ Reading ``z_f`` costs different amounts per architecture (readers are pluggable 
 * Top-k: whether ``f`` is among the k largest pre-activations depends on every latent, so the
   exact reader runs the full encoder (``d_model x d_sae`` per token; ~3% of the default model's
   FLOPs at 16,384 latents) and keeps ``relu(pre_f)`` only where ``pre_f`` reaches the k-th largest
-  pre-activation. ``topk_exact=False`` reads ``relu(pre_f)`` from the columns alone: cheaper, but a
-  clamp then also subtracts ``pre_f`` where the feature was outside the top k (not error-preserving
-  there). Exact is the default.
+  pre-activation (in a prompt pass, rows with ``pre_f <= 0`` skip it). ``topk_exact=False`` reads
+  ``relu(pre_f)`` from the columns alone: cheaper, but a clamp then also subtracts ``pre_f`` where
+  the feature was outside the top k (not error-preserving there). Exact is the default.
 * Any other registered architecture: the SAE's own ``encode`` (exact, full cost).
 
 All arithmetic runs in float32; the edited activation is cast back to the model's dtype.
@@ -58,7 +58,16 @@ def jumprelu_reader(sae: SAE, feats: list[int], device: torch.device, exact: boo
     return read
 
 
+GATHER_ROWS = 64  # above this many rows, the exact Top-k reader encodes only the rows that need it
+
+
 def topk_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -> Reader:
+    """Exact Top-k latents of ``feats``: the full fp32 encoder decides membership in the top k.
+
+    With many rows (a prompt pass), rows where every edited feature's pre-activation is <= 0 have
+    z = 0 whatever the other latents do, and skip the full encoder. Few rows (decode steps) take the
+    full encoder without that test, which would synchronise a GPU.
+    """
     if not exact:
         return relu_reader(sae, feats, device, exact)
     w, b = _fold_input(sae, device, None)
@@ -75,8 +84,6 @@ def topk_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -
     def read(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= GATHER_ROWS:
             return full(x)
-        # many rows (a prompt pass): z_f is 0 wherever pre_f <= 0 whatever the other latents do, so
-        # run the full encoder only on the rows where some edited feature's pre-activation is positive
         rows = (torch.addmm(b_f, x, w_f) > 0).any(-1).nonzero().squeeze(1)
         z = torch.zeros(x.shape[0], len(feats), device=x.device, dtype=torch.float32)
         if rows.numel():
@@ -84,9 +91,6 @@ def topk_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -
         return z
 
     return read
-
-
-GATHER_ROWS = 64  # above this many rows, the exact Top-k reader encodes only the rows that need it
 
 
 def encode_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -> Reader:

@@ -28,6 +28,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "find_n": 40,
         "find_screen": 24,
         "find_generate": 4,
+        "chat_n": 200,
+        "chat_tokens": 48,
     },
     "gpu": {
         "n_tokens": 20_000_000,
@@ -46,6 +48,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "find_n": 80,
         "find_screen": 60,
         "find_generate": 10,
+        "chat_n": 1000,
+        "chat_tokens": 128,
     },
     "tiny": {  # a smoke run of the whole pipeline in minutes (used by the tests)
         "n_tokens": 40_000,
@@ -64,6 +68,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "find_n": 6,
         "find_screen": 3,
         "find_generate": 1,
+        "chat_n": 8,
+        "chat_tokens": 12,
     },
 }
 
@@ -101,6 +107,8 @@ class StudyConfig:
     find_n: int | None = opt(None, "dev prompts per side in feature discovery")
     find_screen: int | None = opt(None, "features cheap-screened in discovery")
     find_generate: int | None = opt(None, "features screened by generation in discovery")
+    chat_n: int | None = opt(None, "harmful and harmless prompts whose chat conversations join the harvest (each)")
+    chat_tokens: int | None = opt(None, "tokens of the model's own responses in those conversations")
     batch_size: int = opt(16, "prompts per batch")
     seed: int = opt(0, "seed of every sample")
 

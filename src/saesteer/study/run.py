@@ -49,7 +49,8 @@ def _corpus(cfg: StudyConfig, root: Path) -> tuple[str, bool]:
 
 
 def _chat_prompts(cfg: StudyConfig, real_data: bool) -> list[str]:
-    names = ["donotanswer:200", "alpaca:200"] if real_data else ["builtin_harmful", "builtin_harmless"]
+    n = cfg.size("chat_n")
+    names = [f"donotanswer:{n}", f"alpaca:{n}"] if real_data else [f"builtin_harmful:{n}", f"builtin_harmless:{n}"]
     out: list[str] = []
     for spec in names:
         name, _, n = spec.partition(":")
@@ -210,8 +211,18 @@ def stage_features(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: 
     def run(folder: Path) -> dict[str, Any]:
         fcfg.out = str(folder)
         try:
-            return find_features(lm.model, lm.tokenizer, sae, fcfg, model_name=lm.spec)
+            try:
+                return find_features(lm.model, lm.tokenizer, sae, fcfg, model_name=lm.spec)
+            except SaesteerError as exc:
+                if (folder / "features.json").is_file() or not fcfg.require_refusal:
+                    raise
+                # the model refused no archetype (e.g. a small or random model): read its plain responses
+                print(f"saesteer: warning: {exc}; using the archetypes' responses without requiring refusals")
+                fcfg.require_refusal = False
+                return find_features(lm.model, lm.tokenizer, sae, fcfg, model_name=lm.spec)
         except SaesteerError as exc:  # no feature passed the screen: the study goes on with the best one
+            if not (folder / "features.json").is_file():
+                raise
             report = json.loads((folder / "features.json").read_text())
             cheap = report.get("screen", {}).get("cheap") or []
             if not cheap:
@@ -248,6 +259,8 @@ def stage_sweep(
             fmax[f] = float(z[:, f].max()) if z is not None else 1.0
     scfg = SweepConfig(
         clamp_values=list(cfg.clamp_multiples),
+        control_values=[max(cfg.clamp_multiples)],  # the control and the gate at the strongest clamp only
+        conditional_values=[max(cfg.clamp_multiples)],
         clamp_units="max",
         conditional=True,
         gate="direction",
