@@ -27,7 +27,7 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     if with_data and root is None:
         pytest.skip("no data directory")
     if not with_data:
-        monkeypatch.setenv("SAESTEER_DATA_DIR", str(tmp_path / "no-data"))
+        monkeypatch.setenv("SAESTEER_DATA_DIR", "none")
     cfg = StudyConfig(
         profile="tiny",
         out_dir=str(tmp_path / "run"),
@@ -35,7 +35,7 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         d_sae=128,
         k=8,
         n_tokens=20_000,
-        data_dir=str(root) if with_data else str(tmp_path / "no-data"),
+        data_dir=str(root) if with_data else "none",
         clamp_multiples=[2.0],
         batch_size=8,
     )

@@ -27,7 +27,12 @@ _REPO = Path(__file__).resolve().parents[3]
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The data directory: ``explicit``, else ``$SAESTEER_DATA_DIR``, else ``<cwd>/../shared/data`` or
-    ``<repo>/../shared/data`` if one exists, else None. An explicit or env path that does not exist is an error."""
+    ``<repo>/../shared/data`` if one exists, else None. An explicit or env path that does not exist is an error;
+    the value ``none`` (either way) means no data directory: the built-in suites."""
+    if explicit is not None and str(explicit).lower() == "none":
+        return None
+    if explicit is None and os.environ.get(ENV_VAR, "").lower() == "none":
+        return None
     if explicit is not None and str(explicit) != "":
         p = Path(explicit).expanduser()
         if not p.is_dir():

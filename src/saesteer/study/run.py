@@ -50,11 +50,10 @@ def _corpus(cfg: StudyConfig, root: Path) -> tuple[str, bool]:
 
 def _chat_prompts(cfg: StudyConfig, real_data: bool) -> list[str]:
     n = cfg.size("chat_n")
-    names = [f"donotanswer:{n}", f"alpaca:{n}"] if real_data else [f"builtin_harmful:{n}", f"builtin_harmless:{n}"]
+    names = ["donotanswer", "alpaca"] if real_data else ["builtin_harmful", "builtin_harmless"]
     out: list[str] = []
-    for spec in names:
-        name, _, n = spec.partition(":")
-        out += [p.text for p in load_prompts(name, n=int(n) if n else None, seed=cfg.seed, data_dir=cfg.data_dir)]
+    for name in names:
+        out += [p.text for p in load_prompts(name, n=n, seed=cfg.seed, data_dir=cfg.data_dir)]
     return out
 
 
