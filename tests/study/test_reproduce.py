@@ -45,7 +45,8 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     results = json.loads((Path(cfg.out_dir).glob("sweep-*/results.json").__next__()).read_text())
     rows = results["rows"] if isinstance(results, dict) else results
     metrics = {r["metric"] for r in rows}
-    assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k", "multiturn_asr"} <= metrics
+    assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k"} <= metrics
+    assert ("multiturn_asr" in metrics) == with_data  # FRACTURED-SORRY-Bench has no built-in stand-in
     assert all(r["n"] > 0 for r in rows)
     # a second run is served from the stage caches
     stamps = {p: p.stat().st_mtime_ns for p in Path(cfg.out_dir).glob("*/stage.json")}

@@ -149,6 +149,10 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
                 replace=True,
             )
         ctx.log("  " + "; ".join(r.summary() for r in results.values()))
+    if not _has_multiturn_data(cfg.data_dir):
+        if cond.kind == "baseline":
+            ctx.log("  multi-turn: skipped (FRACTURED-SORRY-Bench needs the data directory; no built-in set)")
+        return
     if any(not table.has(cond.name, m) for m in MULTITURN_METRICS):
         mcfg = MultiTurnConfig(
             n=cfg.size("multiturn_n"),
@@ -172,6 +176,12 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
         n = sum(r.n for r in res.values())
         table.add(cond.rate_row("multiturn_asr", k, n, list(res), time.time() - t0), replace=True)
         ctx.log("  " + "; ".join(r.summary() for r in res.values()))
+
+
+def _has_multiturn_data(data_dir: str | None) -> bool:
+    from saesteer.evaluation.datasets import has_data
+
+    return has_data("fractured_sorry_bench", data_dir)
 
 
 def _has_capability_data(data_dir: str | None) -> bool:
