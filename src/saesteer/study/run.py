@@ -32,6 +32,8 @@ from saesteer.study.config import StudyConfig
 from saesteer.study.stages import StageRunner
 from saesteer.study.sweep_eval import SweepContext, evaluate_condition
 
+BUILTIN_MAX_TOKENS = 100_000  # what the stdlib-docstring corpus holds with a margin
+
 
 def _corpus(cfg: StudyConfig, root: Path) -> tuple[str, bool]:
     """The corpus file: the data directory's, or the built-in stdlib-docstring corpus written under ``root``."""
@@ -64,6 +66,12 @@ def stage_sae(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> tuple[S
         return sae, Path(cfg.sae), cfg.acts
     corpus, real = _corpus(cfg, runner.root)
     n_tokens = cfg.size("n_tokens")
+    if not real and n_tokens > BUILTIN_MAX_TOKENS:
+        print(
+            f"saesteer: note: no data directory; the built-in corpus (stdlib docstrings + chat) gives "
+            f"{BUILTIN_MAX_TOKENS:,} tokens, not {n_tokens:,}: expect a weaker SAE (pass --data-dir for more)"
+        )
+        n_tokens = BUILTIN_MAX_TOKENS
     if cfg.acts:
         acts_dir = Path(cfg.acts)
     else:
