@@ -10,7 +10,6 @@ data directory (``multiturn/crescendo/crescendo_variant_1.yaml``), rendered here
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import urllib.error
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.endpoint import chat_completion
 from saesteer.model.generation import GenerationConfig, Message, generate
 
 Attacker = Callable[[list[Message]], str]
@@ -112,21 +112,7 @@ class EndpointAttacker:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        req = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
-            headers=headers,
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            data = json.loads(resp.read().decode("utf-8"))
-        content = data["choices"][0]["message"]["content"]
-        if not isinstance(content, str):
-            raise ValueError("content is not a string")
-        return content
+        return chat_completion(self.base_url, body, self.api_key_env, self.timeout_s)
 
     def __call__(self, messages: list[Message]) -> str:
         last = ""

@@ -17,7 +17,6 @@ All judges follow the :class:`Judge` protocol -- a ``name`` and ``judge(prompts,
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.agreement import agreement, load_refusal_labels
+from saesteer.evaluation.endpoint import chat_completion
 
 __all__ = [
     "DEFAULT_OVERRIDES",
@@ -219,19 +219,7 @@ class LLMJudge:
                 }
             ],
         }
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
-            headers=headers,
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            data = json.loads(resp.read().decode("utf-8"))
-        return str(data["choices"][0]["message"]["content"])
+        return chat_completion(self.base_url, body, self.api_key_env, self.timeout_s)
 
     def judge_one(self, prompt: str, completion: str) -> bool:
         """One verdict, with retries; raises SaesteerError when the endpoint keeps failing."""
