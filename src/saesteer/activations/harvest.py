@@ -56,7 +56,7 @@ def _windows(cfg: HarvestConfig, tokenizer: Any, chat: list[list[dict[str, str]]
     return mix(corpus, chat_w, cfg.chat_fraction, cfg.seed)
 
 
-def _batch(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad windows (positions stay 0..n-1 without position-id bookkeeping)."""
     width = max(len(w) for w in windows)
     ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
@@ -168,7 +168,7 @@ def harvest(
         chunk = list(itertools.islice(windows, cfg.batch_size))
         if not chunk:
             break
-        ids, mask = _batch(chunk, pad_id)
+        ids, mask = right_pad(chunk, pad_id)
         acts = adapter.run_to(hp, ids.to(dev), mask.to(dev)).cpu()
         if not torch.isfinite(acts).all():
             raise SaesteerError(f"non-finite activations at {hp.name}; try --dtype fp32")

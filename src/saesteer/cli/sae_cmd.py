@@ -158,14 +158,9 @@ def _corpus_windows(cfg: EvalConfig, tokenizer: Any) -> tuple[torch.Tensor, torc
             rows.append(ids)
     if not rows:
         raise SaesteerError(f"corpus {path}: no text has 2 or more tokens")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(r) for r in rows)
-    ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):  # right padding keeps positions 0..n-1 without position-id bookkeeping
-        ids_t[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids_t, mask
+    from saesteer.activations.harvest import right_pad
+
+    return right_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 def check_sae_model(sae: Any, d_model: int, model_spec: str, n_layers: int) -> None:

@@ -213,31 +213,16 @@ def cheap_result(
     hs, ss = scores[harmful], scores[~harmful]
     dh = float(hs.mean() - base[harmful].mean())
     ds = float(ss.mean() - base[~harmful].mean()) if ss.numel() else 0.0
-    if calib.threshold is None:
-        return CheapResult(
-            feature,
-            value,
-            float(hs.mean()),
-            float(ss.mean()) if ss.numel() else math.nan,
-            dh,
-            ds,
-            None,
-            None,
-            dh - penalty * ds,
-        )
-    ph, bh = float(calib.predict(hs).float().mean()), float(calib.predict(base[harmful]).float().mean())
-    ps = float(calib.predict(ss).float().mean()) if ss.numel() else 0.0
-    bs = float(calib.predict(base[~harmful]).float().mean()) if ss.numel() else 0.0
+    ph: float | None = None
+    ps: float | None = None
+    objective = dh - penalty * ds
+    if calib.threshold is not None:
+        ph, bh = float(calib.predict(hs).float().mean()), float(calib.predict(base[harmful]).float().mean())
+        ps = float(calib.predict(ss).float().mean()) if ss.numel() else 0.0
+        bs = float(calib.predict(base[~harmful]).float().mean()) if ss.numel() else 0.0
+        objective = (ph - bh) - penalty * (ps - bs)
     return CheapResult(
-        feature,
-        value,
-        float(hs.mean()),
-        float(ss.mean()) if ss.numel() else math.nan,
-        dh,
-        ds,
-        ph,
-        ps,
-        (ph - bh) - penalty * (ps - bs),
+        feature, value, float(hs.mean()), float(ss.mean()) if ss.numel() else math.nan, dh, ds, ph, ps, objective
     )
 
 
