@@ -61,8 +61,12 @@ def test_select_tokens_drops_pad_special_and_outliers() -> None:
     acts[0, 1] *= 100.0  # outlier norm
     ids = torch.tensor([[7, 8, 99, 10, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 0]])
-    kept, dropped = select_tokens(acts, ids, mask, {99}, outlier_factor=8.0)
+    kept, dropped, rows = select_tokens(acts, ids, mask, {99}, outlier_factor=8.0)
     assert kept.shape == (2, 4) and dropped == 1
+    assert rows.tolist() == [0, 0]
+    two = torch.cat([acts, torch.ones(1, 5, 4)])
+    _, _, rows = select_tokens(two, ids.repeat(2, 1), mask.repeat(2, 1), {99}, outlier_factor=8.0)
+    assert rows.tolist() == [0, 0, 1, 1, 1]  # row 1: same ids, no outlier
 
 
 def test_harvest_matches_truncated_forward_and_resumes(tmp_path, corpus, tiny_qwen_chat, monkeypatch) -> None:
@@ -76,11 +80,11 @@ def test_harvest_matches_truncated_forward_and_resumes(tmp_path, corpus, tiny_qw
     calls = {"n": 0}
     real = harvest_mod.write_shard
 
-    def dying(folder, index, acts):
+    def dying(folder, index, acts, is_chat=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(folder, index, acts)
+        return real(folder, index, acts, is_chat)
 
     monkeypatch.setattr(harvest_mod, "write_shard", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -95,7 +99,7 @@ def test_harvest_matches_truncated_forward_and_resumes(tmp_path, corpus, tiny_qw
     assert len(wins) > 10
     a = ArchAdapter(model)
     x = a.run_to("blocks.2.hook_resid_post", torch.tensor([wins[0]]), torch.ones(1, 32, dtype=torch.long))
-    first, _ = select_tokens(x, torch.tensor([wins[0]]), torch.ones(1, 32), set(tok.all_special_ids), 8.0)
+    first, _, _ = select_tokens(x, torch.tensor([wins[0]]), torch.ones(1, 32), set(tok.all_special_ids), 8.0)
     torch.testing.assert_close(store.held_out()[: first.shape[0]].float(), first.float(), rtol=2e-2, atol=2e-2)
 
 
@@ -112,3 +116,25 @@ def test_sources_run_out(tmp_path, corpus, tiny_qwen_chat) -> None:
     model, tok = tiny_qwen_chat
     with pytest.raises(SaesteerError, match="sources ran out"):
         harvest(model, tok, _cfg(tmp_path, corpus, n_tokens=10**7), "tiny", progress=False)
+
+
+def test_harvest_labels_chat_tokens_and_trains_on_one_source(tmp_path, corpus, tiny_qwen_chat) -> None:
+    model, tok = tiny_qwen_chat
+    chat = [
+        [{"role": "user", "content": f"question {i} about birds"}, {"role": "assistant", "content": "an answer " * 8}]
+        for i in range(6)
+    ]
+    out = harvest(model, tok, _cfg(tmp_path, corpus, chat_fraction=0.25), "tiny", chat=chat, progress=False)
+    every = ActivationStore(out)
+    shards = every.manifest["shards"]
+    n_chat = sum(s["n_chat"] for s in shards[1:])
+    assert all("n_chat" in s for s in shards)
+    # about a quarter of the windows are chat (chat windows are shorter: fewer tokens)
+    assert 0.05 < n_chat / every.n_tokens < 0.35
+    corpus_only = ActivationStore(out, source="corpus")
+    chat_only = ActivationStore(out, source="chat")
+    assert corpus_only.n_tokens + chat_only.n_tokens == every.n_tokens
+    split = torch.cat([corpus_only.load_shard(s) for s in corpus_only.train_shards])
+    assert split.shape[0] == corpus_only.n_tokens < every.n_tokens
+    with pytest.raises(SaesteerError, match="unknown token source"):
+        ActivationStore(out, source="web")

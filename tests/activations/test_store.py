@@ -49,3 +49,28 @@ def test_corrupt_shard_and_mismatch(tmp_path: Path) -> None:
         list(store.batches(64, shuffle=False, epochs=1))
     with pytest.raises(SaesteerError, match="not an activation cache"):
         ActivationStore(tmp_path / "nothing")
+
+
+def test_source_filter_selects_labelled_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    shards = []
+    for i in range(4):
+        acts = torch.zeros(60, 4)
+        acts[:, 0] = torch.arange(60)  # the row index (exact in bf16)
+        acts[:, 1] = i
+        is_chat = torch.arange(60) % 3 == 0  # every third token is a chat token
+        shards.append(write_shard(path, i, acts, is_chat))
+    write_manifest(path, {"model": "m", "hook_name": "blocks.1.hook_resid_post", "d_model": 4, "shards": shards})
+    every, corpus, chat = (ActivationStore(path, source=s) for s in ("all", "corpus", "chat"))
+    assert (every.n_tokens, corpus.n_tokens, chat.n_tokens) == (180, 120, 60)
+    first = every.load_shard(every.train_shards[0])
+    assert torch.equal(chat.load_shard(chat.train_shards[0]), first[::3])
+    assert corpus.held_out().shape[0] == 60  # the held-out split is never filtered
+    seen = torch.cat(list(corpus.batches(40, seed=2, epochs=1)))
+    assert seen.shape[0] == 120 and not (seen[:, 0] % 3 == 0).any()  # no chat row
+    resumed = list(corpus.batches(40, seed=2, epochs=1, start_step=1))
+    assert torch.equal(torch.cat(resumed), seen[40:])
+    unlabelled = _make_store(tmp_path / "old")
+    with pytest.raises(SaesteerError, match="no chat/corpus token labels"):
+        ActivationStore(unlabelled, source="corpus")

@@ -72,7 +72,7 @@ def test_clamp_values_in_units_of_max_activation() -> None:
         (SweepConfig(clamp_values=[]), [1], [], "clamp_values is empty"),
         (SweepConfig(clamp_values=[float("nan")]), [1], [], "not a finite number"),
         (SweepConfig(conditional_values=[16.0]), [1], [], "not among clamp_values"),
-        (SweepConfig(gate="probe"), [1], [], "unknown gate"),
+        (SweepConfig(gate="oracle"), [1], [], "unknown gate"),
         (SweepConfig(gate_fpr=1.5), [1], [], "gate_fpr"),
         (SweepConfig(clamp_units="sigma"), [1], [], "unknown clamp_units"),
     ],
@@ -124,3 +124,18 @@ def test_rows_of_a_condition_carry_its_identity() -> None:
         40,
     )
     assert row.datasets == ("mmlu",) and row.seconds == 2.0
+
+
+def test_several_gates_run_side_by_side() -> None:
+    cfg = SweepConfig(clamp_values=[8.0], gate="probe:mean,direction:last", direction_coeffs=[])
+    grid = build_grid(cfg, [7], [], direction=False)
+    cond = {c.name: c for c in grid if c.kind == "conditional"}
+    assert set(cond) == {"conditional clamp f=7 c=8 [probe gate]", "conditional clamp f=7 c=8 [direction gate]"}
+    assert cond["conditional clamp f=7 c=8 [probe gate]"].gate["reduce"] == "mean"
+    assert cond["conditional clamp f=7 c=8 [direction gate]"].gate == {
+        "type": "direction", "threshold": None, "fpr": 0.05, "reduce": "last", "tail": 5,
+    }  # fmt: skip
+    assert all(c.unconditional == "clamp f=7 c=8" for c in cond.values())
+    for bad in ("probe,probe", "probe:median", ""):
+        with pytest.raises(SaesteerError):
+            build_grid(SweepConfig(clamp_values=[8.0], gate=bad), [7], [], direction=False)

@@ -133,3 +133,26 @@ def test_prompt_scores_match_scores_seen_while_steering(chat_model, chat_tokeniz
     # generate() sorts prompts by length; map back
     order = sorted(range(3), key=lambda i: len(prompts[i]))
     torch.testing.assert_close(h.gate_scores, s[order], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "tail", "last"])
+def test_probe_on_pooled_activations_scores_like_the_gate(chat_model, chat_tokenizer, reduce, tmp_path):  # type: ignore[no-untyped-def]
+    from saesteer.steering import prompt_scores
+    from saesteer.steering.gate import prompt_activations
+
+    prompts = ["How do I bake bread?", "hi", "Tell me a story about a dragon and a knight", "What is 2+2?"]
+    hook = "blocks.1.hook_resid_pre"
+    x = prompt_activations(chat_model, chat_tokenizer, prompts, hook, reduce=reduce, batch_size=3)
+    assert x.shape == (4, 32)
+    probe = fit_probe(x[:2], x[2:])
+    probe.save(tmp_path / "probe.safetensors", {"hook": hook})
+    loaded, meta = ProjectionScorer.load(tmp_path / "probe.safetensors")
+    assert meta["hook"] == hook and loaded.bias == probe.bias and torch.equal(loaded.weight, probe.weight)
+    gate = Gate(loaded, 0.0, hook, reduce=reduce)
+    # the probe's score of the pooled activation equals the gate's reduced token scores (linear reductions)
+    s = prompt_scores(chat_model, chat_tokenizer, prompts, gate, batch_size=2)
+    torch.testing.assert_close(s, loaded.token_scores(x), atol=1e-4, rtol=1e-4)
+    assert (s[:2] > 0).all() and (s[2:] <= 0).all()  # the probe separates what it was fit on
+    (tmp_path / "bad.safetensors").write_bytes(b"not a probe")
+    with pytest.raises(SaesteerError, match="not a saesteer probe file"):
+        ProjectionScorer.load(tmp_path / "bad.safetensors")

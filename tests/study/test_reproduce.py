@@ -48,6 +48,15 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k"} <= metrics
     assert ("multiturn_asr" in metrics) == with_data  # FRACTURED-SORRY-Bench has no built-in stand-in
     assert all(r["n"] > 0 for r in rows)
+    out = Path(cfg.out_dir)
+    # conditional steering gates on a fitted harm probe when dev data exist, else on the direction
+    assert bool(list(out.glob("gate_probe-*/probe.safetensors"))) == with_data
+    gates = {r["condition"] for r in rows if r["kind"] == "conditional"}
+    assert gates
+    manifest = json.loads(next(out.glob("harvest-*/manifest.json")).read_text())
+    assert all("n_chat" in s for s in manifest["shards"]) and sum(s["n_chat"] for s in manifest["shards"]) > 0
+    metrics_json = json.loads(next(out.glob("sae_metrics-*/sae_metrics.json")).read_text())
+    assert metrics_json["spliced"]["spliced_frac"] <= metrics_json["spliced_all_positions"]["spliced_frac"] == 1.0
     # a second run is served from the stage caches
     stamps = {p: p.stat().st_mtime_ns for p in Path(cfg.out_dir).glob("*/stage.json")}
     run_study(tiny_lm, cfg)

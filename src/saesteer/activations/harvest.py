@@ -45,15 +45,17 @@ class HarvestConfig:
     seed: int = opt(0, "shuffle seed for the corpus stream")
 
 
-def _windows(cfg: HarvestConfig, tokenizer: Any, chat: list[list[dict[str, str]]]) -> Iterator[list[int]]:
+def _windows(cfg: HarvestConfig, tokenizer: Any, chat: list[list[dict[str, str]]]) -> Iterator[tuple[list[int], bool]]:
+    """Token windows in harvest order, each with whether it is a chat window."""
     if not cfg.corpus and not chat:
         raise SaesteerError("no data to harvest; pass --corpus FILE and/or --chat-file FILE")
     texts = itertools.chain.from_iterable(iter_texts(c, cfg.text_key) for c in cfg.corpus)
     corpus = pack_tokens(tokenizer, shuffled_texts(texts, cfg.seed), cfg.context_len) if cfg.corpus else iter(())
     chat_w = list(chat_windows(tokenizer, chat, cfg.context_len))
     if not cfg.corpus:
-        return itertools.cycle(chat_w)
-    return mix(corpus, chat_w, cfg.chat_fraction, cfg.seed)
+        return ((w, True) for w in itertools.cycle(chat_w))
+    chat_ids = {id(w) for w in chat_w}  # mix() yields these very lists, so identity tells the source
+    return ((w, id(w) in chat_ids) for w in mix(corpus, chat_w, cfg.chat_fraction, cfg.seed))
 
 
 def right_pad(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,17 +71,21 @@ def right_pad(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 def select_tokens(
     acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, special: set[int], outlier_factor: float
-) -> tuple[torch.Tensor, int]:
-    """Keep real, non-special tokens whose norm is not an outlier; return (acts [n, d], n dropped as outliers)."""
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Keep real, non-special tokens whose norm is not an outlier.
+
+    Returns (acts [n, d], n dropped as outliers, row [n]: the window each kept token came from).
+    """
     keep = mask.bool()
     if special:
         keep &= ~torch.isin(ids, torch.tensor(sorted(special)))
     flat = acts[keep].float()
+    rows = keep.nonzero()[:, 0]
     if flat.shape[0] == 0 or outlier_factor <= 0:
-        return flat, 0
+        return flat, 0, rows
     norms = flat.norm(dim=-1)
     ok = norms <= outlier_factor * norms.median()
-    return flat[ok], int((~ok).sum())
+    return flat[ok], int((~ok).sum()), rows[ok]
 
 
 @torch.no_grad()
@@ -144,15 +150,16 @@ def harvest(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dev = next(model.parameters()).device
     buf: list[torch.Tensor] = []
+    buf_chat: list[torch.Tensor] = []
     buf_n = 0
     total = cfg.n_tokens + cfg.held_out_tokens
     done = sum(s["n_tokens"] for s in manifest["shards"])
     bar = tqdm(total=total, initial=done, unit="tok", desc=f"harvest {hp.name}", disable=not progress, unit_scale=True)
     t0 = time.time()
 
-    def flush(acts: torch.Tensor) -> None:
+    def flush(acts: torch.Tensor, is_chat: torch.Tensor) -> None:
         nonlocal t0
-        entry = write_shard(out, len(manifest["shards"]), acts)
+        entry = write_shard(out, len(manifest["shards"]), acts, is_chat)
         entry["windows_end"] = consumed
         manifest["shards"].append(entry)
         manifest["n_tokens"] = train_tokens()
@@ -165,29 +172,33 @@ def harvest(
         have = train_tokens() + (buf_n if manifest["shards"] else 0)
         if manifest["shards"] and have >= cfg.n_tokens:
             break
-        chunk = list(itertools.islice(windows, cfg.batch_size))
-        if not chunk:
+        tagged = list(itertools.islice(windows, cfg.batch_size))
+        if not tagged:
             break
+        chunk = [w for w, _ in tagged]
+        chat_rows = torch.tensor([c for _, c in tagged], dtype=torch.bool)
         ids, mask = right_pad(chunk, pad_id)
         acts = adapter.run_to(hp, ids.to(dev), mask.to(dev)).cpu()
         if not torch.isfinite(acts).all():
             raise SaesteerError(f"non-finite activations at {hp.name}; try --dtype fp32")
-        kept, dropped = select_tokens(acts, ids, mask, special, cfg.outlier_factor)
+        kept, dropped, rows = select_tokens(acts, ids, mask, special, cfg.outlier_factor)
         manifest["dropped_outliers"] += dropped
         consumed += len(chunk)
         buf.append(kept.to(torch.bfloat16))
+        buf_chat.append(chat_rows[rows])
         buf_n += kept.shape[0]
         bar.update(kept.shape[0])
         if not manifest["shards"]:
             if buf_n >= cfg.held_out_tokens:  # shard 0 is exactly the held-out split
-                allacts = torch.cat(buf)
-                flush(allacts[: cfg.held_out_tokens])
-                buf, buf_n = [allacts[cfg.held_out_tokens :]], allacts.shape[0] - cfg.held_out_tokens
+                allacts, allchat = torch.cat(buf), torch.cat(buf_chat)
+                flush(allacts[: cfg.held_out_tokens], allchat[: cfg.held_out_tokens])
+                buf, buf_chat = [allacts[cfg.held_out_tokens :]], [allchat[cfg.held_out_tokens :]]
+                buf_n = allacts.shape[0] - cfg.held_out_tokens
         elif buf_n >= cfg.shard_tokens or train_tokens() + buf_n >= cfg.n_tokens:
-            flush(torch.cat(buf))
-            buf, buf_n = [], 0
+            flush(torch.cat(buf), torch.cat(buf_chat))
+            buf, buf_chat, buf_n = [], [], 0
     if buf_n and manifest["shards"]:
-        flush(torch.cat(buf))
+        flush(torch.cat(buf), torch.cat(buf_chat))
     bar.close()
     if train_tokens() < cfg.n_tokens:
         raise SaesteerError(

@@ -31,16 +31,29 @@ def shard_name(i: int) -> str:
     return f"shard_{i:05d}.safetensors"
 
 
-def write_shard(folder: Path, index: int, acts: torch.Tensor) -> dict[str, Any]:
-    """Write one shard atomically; return its manifest entry."""
-    data = save({"acts": acts.to(torch.bfloat16).contiguous()})
+SOURCES = ("all", "corpus", "chat")
+
+
+def write_shard(folder: Path, index: int, acts: torch.Tensor, is_chat: torch.Tensor | None = None) -> dict[str, Any]:
+    """Write one shard atomically; return its manifest entry.
+
+    ``is_chat`` (bool, one per token) records which tokens came from chat windows, so a later run can train
+    on the corpus tokens alone (``ActivationStore(path, source="corpus")``).
+    """
+    tensors = {"acts": acts.to(torch.bfloat16).contiguous()}
+    if is_chat is not None:
+        tensors["is_chat"] = is_chat.to(torch.uint8).contiguous()
+    data = save(tensors)
     atomic_write_bytes(folder / shard_name(index), data)
-    return {
+    entry: dict[str, Any] = {
         "file": shard_name(index),
         "n_tokens": int(acts.shape[0]),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+    if is_chat is not None:
+        entry["n_chat"] = int(is_chat.sum())
+    return entry
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -61,8 +74,11 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 class ActivationStore:
     """Read a harvested activation cache: manifest, held-out tokens and shuffled training batches."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, source: str = "all"):
+        if source not in SOURCES:
+            raise SaesteerError(f"unknown token source {source!r}; use one of {', '.join(SOURCES)}")
         self.path = Path(path)
+        self.source = source
         manifest = read_manifest(self.path)
         if manifest is None:
             raise SaesteerError(f"{self.path} is not an activation cache (no {MANIFEST}); run `saesteer harvest` first")
@@ -70,8 +86,20 @@ class ActivationStore:
         shards = manifest.get("shards", [])
         if len(shards) < 2:
             raise SaesteerError(f"activation cache {self.path} has no training shards yet; run `saesteer harvest`")
+        if source != "all" and any("n_chat" not in s for s in shards):
+            raise SaesteerError(
+                f"activation cache {self.path} has no chat/corpus token labels (harvested before they were "
+                "recorded); harvest again to train on one source only, or use source 'all'"
+            )
         self.held_out_shards = shards[:1]
-        self.train_shards = shards[1:]
+        self.train_shards = [self._selected(s) for s in shards[1:]]
+
+    def _selected(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The manifest entry with ``n_tokens`` counting only the selected source's tokens."""
+        if self.source == "all":
+            return entry
+        n_chat = int(entry["n_chat"])
+        return {**entry, "n_tokens": n_chat if self.source == "chat" else int(entry["n_tokens"]) - n_chat}
 
     @property
     def d_model(self) -> int:
@@ -114,7 +142,11 @@ class ActivationStore:
             )
         from safetensors.torch import load
 
-        return load(data)["acts"]
+        tensors = load(data)
+        if self.source == "all" or entry is self.held_out_shards[0]:
+            return tensors["acts"]
+        keep = tensors["is_chat"].bool()
+        return tensors["acts"][keep if self.source == "chat" else ~keep]
 
     def held_out(self, n_tokens: int | None = None) -> torch.Tensor:
         """Held-out tokens (shard 0), never used for training."""

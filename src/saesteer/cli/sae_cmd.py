@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "activation cache; checkpoints every N steps and resumes when rerun.",
     )
     p.add_argument("--acts", required=True, metavar="DIR", help="activation cache folder from `saesteer harvest`")
+    p.add_argument(
+        "--tokens-from",
+        choices=["all", "corpus", "chat"],
+        default="all",
+        help="train on all cached tokens, or only those harvested from corpus or from chat windows (default: all)",
+    )
     p.add_argument("--expect-model", metavar="NAME", help="fail unless the cache was harvested from this model")
     p.add_argument("--expect-hook", metavar="HOOK", help="fail unless the cache is at this hook point")
     p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
@@ -86,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
     from saesteer.activations.store import ActivationStore
 
     cfg = config_from_args(TrainConfig, args)
-    store = ActivationStore(args.acts)
+    store = ActivationStore(args.acts, source=args.tokens_from)
     store.check_matches(model=args.expect_model, hook_name=args.expect_hook)
     model_name = str(store.manifest.get("model") or "")
     rank, world = _init_distributed(cfg.device)
@@ -103,7 +109,11 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(cfg.out_dir)
     if rank == 0:
         write_resolved_config(out, train_sae=cfg)
-    metadata = {"activation_cache": str(Path(args.acts).resolve()), "harvest_sources": store.manifest.get("sources")}
+    metadata = {
+        "activation_cache": str(Path(args.acts).resolve()),
+        "harvest_sources": store.manifest.get("sources"),
+        "tokens_from": args.tokens_from,
+    }
     result = train_sae(
         cfg, lambda s: _rank_batches(store, cfg, rank, world, s), store.d_model,
         hook_name=store.hook_name, model_name=model_name, metadata=metadata,

@@ -90,7 +90,14 @@ def _value_text(v: Any) -> str:
 
 
 def _kv(info: Mapping[str, Any]) -> Block:
-    return ("table", ["field", "value"], [[str(k), _value_text(v)] for k, v in info.items()])
+    """A field/value table; a dict of scalars is spread over ``field.key`` rows."""
+    rows: list[list[str]] = []
+    for k, v in info.items():
+        if isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values()):
+            rows += [[f"{k}.{sub}", _value_text(x)] for sub, x in v.items()]
+        else:
+            rows.append([str(k), _value_text(v)])
+    return ("table", ["field", "value"], rows)
 
 
 def _summary(data: ReportData, derived: Sequence[Derived]) -> Block:

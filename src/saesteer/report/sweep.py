@@ -32,7 +32,7 @@ from saesteer.errors import SaesteerError
 from saesteer.report.derived import Derived, Estimate, derive, goal_met
 from saesteer.report.results import KINDS, ResultRow
 
-GATE_TYPES = ("feature", "direction")
+GATE_TYPES = ("feature", "direction", "probe")
 CLAMP_UNITS = ("absolute", "max")
 GRID_FORMAT = "saesteer.sweep_grid.v1"
 
@@ -53,8 +53,9 @@ class SweepConfig:
     conditional_values: list[float] = opt([], "clamp values run behind the gate (empty: all clamp values)")
     gate: str = opt(
         "direction",
-        "gate of conditional steering: direction (projection on the difference-in-means direction) or "
-        "feature (an SAE latent; see --gate-feature)",
+        "gate of conditional steering: direction (projection on the difference-in-means direction), "
+        "feature (an SAE latent; see --gate-feature) or probe (a linear harm probe the caller fits); several "
+        "comma-separated run side by side, each optionally with its reduction, e.g. probe:mean,direction:last",
     )
     gate_feature: int | None = opt(None, "SAE latent read by a feature gate (default: the first refusal feature)")
     gate_threshold: float | None = opt(None, "gate threshold (default: calibrated on harmless dev prompts)")
@@ -197,25 +198,40 @@ def _clamp_name(prefix: str, feature: int, value: float, label: str, units: str)
     return f"{name} ({label})" if units == "max" else name
 
 
-def gate_spec(cfg: SweepConfig, refusal_features: Sequence[int]) -> dict[str, Any]:
-    """The gate of the conditional conditions, as plain data."""
-    if cfg.gate not in GATE_TYPES:
-        raise SaesteerError(f"unknown gate {cfg.gate!r}; use one of {', '.join(GATE_TYPES)}")
+def gate_types(cfg: SweepConfig) -> list[str]:
+    """The gates of the conditional conditions: ``cfg.gate`` is one type or several, comma-separated."""
+    types = [g.strip() for g in cfg.gate.split(",") if g.strip()]
+    bad = [g for g in types if g.partition(":")[0] not in GATE_TYPES]
+    if bad or not types:
+        raise SaesteerError(
+            f"unknown gate {cfg.gate!r}; use one of {', '.join(GATE_TYPES)} (or several, comma-separated)"
+        )
+    if len(set(types)) != len(types):
+        raise SaesteerError(f"gate {cfg.gate!r} names a gate twice; list each once")
+    return types
+
+
+def gate_spec(cfg: SweepConfig, refusal_features: Sequence[int], gate: str | None = None) -> dict[str, Any]:
+    """The gate of the conditional conditions (``gate``: one of :func:`gate_types`), as plain data."""
+    gate, _, reduce = (gate or gate_types(cfg)[0]).partition(":")
+    reduce = reduce or cfg.gate_reduce
+    if gate not in GATE_TYPES:
+        raise SaesteerError(f"unknown gate {gate!r}; use one of {', '.join(GATE_TYPES)}")
     if not 0.0 <= cfg.gate_fpr < 1.0:
         raise SaesteerError(f"gate_fpr {cfg.gate_fpr} must lie in [0, 1), e.g. 0.05")
     if cfg.gate_threshold is not None and not math.isfinite(cfg.gate_threshold):
         raise SaesteerError(f"gate_threshold {cfg.gate_threshold} must be a finite number (or unset to calibrate)")
-    if cfg.gate_reduce not in ("last", "mean", "tail") or cfg.gate_tail < 1:
+    if reduce not in ("last", "mean", "tail") or cfg.gate_tail < 1:
         raise SaesteerError(
-            f"gate_reduce {cfg.gate_reduce!r} / gate_tail {cfg.gate_tail}: use last, mean or tail, and a tail >= 1"
+            f"gate reduction {reduce!r} / gate_tail {cfg.gate_tail}: use last, mean or tail, and a tail >= 1"
         )
-    spec: dict[str, Any] = {"type": cfg.gate}
-    if cfg.gate == "feature":
+    spec: dict[str, Any] = {"type": gate}
+    if gate == "feature":
         feat = cfg.gate_feature if cfg.gate_feature is not None else (refusal_features[0] if refusal_features else None)
         if feat is None:
             raise SaesteerError("a feature gate needs gate_feature or at least one refusal feature")
         spec["feature"] = _check_features("gate_feature", [feat])[0]
-    spec.update(threshold=cfg.gate_threshold, fpr=cfg.gate_fpr, reduce=cfg.gate_reduce, tail=cfg.gate_tail)
+    spec.update(threshold=cfg.gate_threshold, fpr=cfg.gate_fpr, reduce=reduce, tail=cfg.gate_tail)
     return spec
 
 
@@ -265,24 +281,27 @@ def build_grid(
             iv = ({"op": "clamp", "feature": f, "value": val},)
             grid.append(Condition(name, "control", iv, feature=f, value=val, label=label))
     if cfg.conditional:
-        gate = gate_spec(cfg, refusal)
-        for f in refusal:
-            for v in cond_values:
-                val, label = _resolve(cfg, f, v, feature_max)
-                twin = clamp_names[(f, v)]
-                iv = ({"op": "clamp", "feature": f, "value": val},)
-                grid.append(
-                    Condition(
-                        f"conditional {twin}",
-                        "conditional",
-                        iv,
-                        gate=dict(gate),
-                        feature=f,
-                        value=val,
-                        unconditional=twin,
-                        label=label,
-                    )  # fmt: skip
-                )
+        types = gate_types(cfg)
+        for gate_type in types:
+            gate = gate_spec(cfg, refusal, gate_type)
+            suffix = f" [{gate_type.partition(':')[0]} gate]" if len(types) > 1 else ""
+            for f in refusal:
+                for v in cond_values:
+                    val, label = _resolve(cfg, f, v, feature_max)
+                    twin = clamp_names[(f, v)]
+                    iv = ({"op": "clamp", "feature": f, "value": val},)
+                    grid.append(
+                        Condition(
+                            f"conditional {twin}{suffix}",
+                            "conditional",
+                            iv,
+                            gate=dict(gate),
+                            feature=f,
+                            value=val,
+                            unconditional=twin,
+                            label=label,
+                        )  # fmt: skip
+                    )
     if direction:
         for c in _check_values("direction_coeffs", cfg.direction_coeffs):
             iv = ({"op": "add_direction", "coeff": c},)
@@ -321,6 +340,7 @@ __all__ = [
     "build_grid",
     "derive",
     "gate_spec",
+    "gate_types",
     "goal_met",
     "load_grid",
     "save_grid",

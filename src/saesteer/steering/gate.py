@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from saesteer.config import atomic_write_bytes
 from saesteer.errors import SaesteerError
 from saesteer.model.adapter import ArchAdapter, HookPoint
 from saesteer.sae.base import SAE
@@ -30,6 +32,7 @@ from saesteer.steering.interventions import as_direction, check_feature
 from saesteer.steering.operators import make_reader
 
 REDUCTIONS = ("last", "mean", "tail")
+PROBE_FORMAT = "saesteer.probe.v1"
 
 
 def same_activation(a: HookPoint, b: HookPoint) -> bool:
@@ -100,6 +103,33 @@ class ProjectionScorer:
                 "use a direction or probe fit on this model"
             )
 
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Write the probe (weight, bias) as safetensors, atomically."""
+        from safetensors.torch import save
+
+        tensors = {"weight": self.weight.contiguous().clone(), "bias": torch.tensor([self.bias])}
+        atomic_write_bytes(path, save(tensors, {"format": PROBE_FORMAT, **(metadata or {})}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[ProjectionScorer, dict[str, str]]:
+        """Read a probe written by :meth:`save`; returns (scorer, metadata)."""
+        from safetensors import safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise SaesteerError(f"probe file {p} not found; fit one with fit_probe and save it")
+        bad = f"{p} is not a saesteer probe file (weight + bias); fit and save a probe"
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+                if meta.get("format") != PROBE_FORMAT or set(fh.keys()) != {"weight", "bias"}:
+                    raise SaesteerError(bad)
+                return cls(fh.get_tensor("weight"), float(fh.get_tensor("bias")[0])), meta
+        except SaesteerError:
+            raise
+        except Exception:  # safetensors' header errors
+            raise SaesteerError(bad) from None
+
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device
         if dev not in self._w:
@@ -107,19 +137,25 @@ class ProjectionScorer:
         return x.to(torch.float32) @ self._w[dev] + self.bias
 
 
-def reduce_scores(scores: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int) -> torch.Tensor:
-    """Per-example score (batch,) from token scores (batch, seq), ignoring padding."""
-    b, t = scores.shape
+def reduce_tokens(x: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int) -> torch.Tensor:
+    """Reduce (batch, seq, ...) over the tokens to (batch, ...): ``last`` real token, ``mean`` or ``tail`` mean."""
+    b, t = x.shape[:2]
     if real is None:
-        real = torch.ones(b, t, dtype=torch.bool, device=scores.device)
+        real = torch.ones(b, t, dtype=torch.bool, device=x.device)
+    extra = (1,) * (x.ndim - 2)
     if reduce == "last":
         last = t - 1 - real.flip(-1).to(torch.int8).argmax(-1)
-        return scores.gather(1, last.unsqueeze(1)).squeeze(1)
+        return x[torch.arange(b, device=x.device), last]
     if reduce == "tail":
         from_end = real.flip(-1).to(torch.int32).cumsum(-1).flip(-1)  # real tokens at or after p
         real = real & (from_end <= tail)
-    w = real.to(scores.dtype)
-    return (scores * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+    w = real.to(x.dtype).reshape(b, t, *extra)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def reduce_scores(scores: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int) -> torch.Tensor:
+    """Per-example score (batch,) from token scores (batch, seq), ignoring padding."""
+    return reduce_tokens(scores, real, reduce, tail)
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,6 +247,34 @@ def prompt_scores(
         x = ad.run_to(gate.hook, ids, mask)
         out.append(gate.scores(x, mask.bool()).cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def prompt_activations(
+    adapter: ArchAdapter | Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    hook: str,
+    reduce: str = "mean",
+    tail: int = 5,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+) -> torch.Tensor:
+    """Per-prompt activations (N, d_model) at ``hook``, reduced over tokens the way a :class:`Gate` reduces
+    scores; a linear probe fit on them scores prompts exactly as the gate will (mean and tail are linear)."""
+    from saesteer.model.generation import encode_chats
+
+    if reduce not in REDUCTIONS:
+        raise SaesteerError(f"unknown reduction {reduce!r}; use one of {', '.join(REDUCTIONS)}")
+    ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
+    dev = next(ad.model.parameters()).device
+    out: list[torch.Tensor] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
+        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        x = ad.run_to(hook, ids, mask).float()
+        out.append(reduce_tokens(x, mask.bool(), reduce, tail).cpu())
+    return torch.cat(out) if out else torch.zeros(0, ad.d_model)
 
 
 def fit_probe(positive: torch.Tensor, negative: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> ProjectionScorer:

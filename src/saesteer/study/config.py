@@ -11,23 +11,23 @@ from saesteer.errors import SaesteerError
 # Sizes for this 2-core CPU (the default) and for a GPU (closer to the paper's samples). A field the
 # user sets explicitly wins over its profile value.
 PROFILES: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "n_tokens": 600_000,
-        "safety_n": 40,
-        "alpaca_n": 40,
+    "cpu": {  # the issue-3 SAE (2M tokens, 16k latents, k=32) and small samples: about 1 h on 2 cores
+        "n_tokens": 2_000_000,
+        "safety_n": 30,
+        "alpaca_n": 30,
         "max_new_tokens": 16,
-        "mmlu_n": 60,
+        "mmlu_n": 100,
         "mmlu_shots": 0,
-        "truthfulqa_n": 40,
-        "gsm8k_n": 8,
+        "truthfulqa_n": 30,
+        "gsm8k_n": 6,
         "gsm8k_shots": 2,
-        "gsm8k_max_new_tokens": 160,
+        "gsm8k_max_new_tokens": 128,
         "multiturn_n": 8,
-        "multiturn_steps": 3,
+        "multiturn_steps": 2,
         "crescendo_n": 0,
-        "find_n": 40,
-        "find_screen": 24,
-        "find_generate": 4,
+        "find_n": 32,
+        "find_screen": 16,
+        "find_generate": 3,
         "chat_n": 200,
         "chat_tokens": 48,
     },
@@ -91,6 +91,12 @@ class StudyConfig:
     chat_fraction: float = opt(0.1, "share of harvest windows from chat conversations (with the model's responses)")
     clamp_multiples: list[float] = opt([1.0, 2.0], "refusal-feature clamp values, as multiples of its max activation")
     direction_coeffs: list[float] = opt([1.0], "difference-in-means baseline: x + C * r (r has the mean-diff norm)")
+    gate: str = opt(
+        "probe:mean,direction:last",
+        "conditional steering's harm detectors, side by side: probe (logistic regression on prompt activations, fit "
+        "on dev prompts disjoint from the test sets), direction (difference-in-means projection) or feature; each "
+        "with its token reduction (mean, last or tail)",
+    )
     gate_fpr: float = opt(0.05, "conditional steering: gate threshold set to this false-positive rate on harmless")
     safety_n: int | None = opt(None, "prompts per safety set (0 = all; default: the profile's)")
     alpaca_n: int | None = opt(None, "Alpaca prompts in the safe sets")

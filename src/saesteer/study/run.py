@@ -80,6 +80,8 @@ def stage_sae(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> tuple[S
             "hook": cfg.hook,
             "n_tokens": n_tokens,
             "chat": cfg.chat_fraction,
+            "chat_n": cfg.size("chat_n"),
+            "chat_tokens": cfg.size("chat_tokens"),
             "corpus": Path(corpus).name,
             "seed": cfg.seed,
         }
@@ -90,7 +92,7 @@ def stage_sae(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> tuple[S
                 lm.tokenizer,
                 _chat_prompts(cfg, real),
                 folder / "chat.jsonl",
-                GenerationConfig(max_new_tokens=48, batch_size=cfg.batch_size),
+                GenerationConfig(max_new_tokens=cfg.size("chat_tokens"), batch_size=cfg.batch_size),
             )
             hcfg = HarvestConfig(
                 out_dir=str(folder),
@@ -153,16 +155,20 @@ def stage_sae_metrics(
         ecfg = EvalConfig(corpus=corpus, n_texts=32 if cfg.profile != "tiny" else 4)
         ids, mask = _corpus_windows(ecfg, lm.tokenizer)
         adapter = ArchAdapter(lm.model)
-        parts = [
-            spliced_metrics(lm.model, adapter, sae, ids[i : i + 8], mask[i : i + 8]) for i in range(0, len(ids), 8)
-        ]
-        out["spliced"] = combine_spliced(parts)
+        # as harvested: attention-sink positions (norm > 8x median, never in the training data) stay clean;
+        # then every position, sinks included, for comparison with evaluations that splice everywhere
+        for key, factor in (("spliced", ecfg.outlier_factor), ("spliced_all_positions", 0.0)):
+            parts = [
+                spliced_metrics(lm.model, adapter, sae, ids[i : i + 8], mask[i : i + 8], outlier_factor=factor)
+                for i in range(0, len(ids), 8)
+            ]
+            out[key] = combine_spliced(parts)
         atomic_write_json(folder / "sae_metrics.json", out)
         return out
 
     return runner.run(
         "sae_metrics",
-        {"sae": str(sae_dir), "profile": cfg.profile},
+        {"sae": str(sae_dir), "profile": cfg.profile, "splice": "sinks-clean+all"},
         run,
         lambda f: json.loads((f / "sae_metrics.json").read_text()),
     )
@@ -188,6 +194,42 @@ def stage_direction(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig) -> A
         {"model": lm.spec, "hook": cfg.hook, "n": n, "sets": [harmful, harmless], "seed": cfg.seed},
         run,
         lambda f: RefusalDirection.load(f / "direction.safetensors"),
+    )
+
+
+def stage_gate_probe(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, reduce: str) -> Any:
+    """Fit the harm probe of conditional steering on dev prompts disjoint from every test set.
+
+    Harmful: HarmBench val + a Do-Not-Answer sample; harmless: an Alpaca sample + the built-in safe prompts that
+    merely look unsafe (so the probe learns harm, not alarming words). Logistic regression on the prompt
+    activations at the SAE's hook point, reduced over tokens as the gate reduces them.
+    """
+    from saesteer.steering.gate import ProjectionScorer, fit_probe, prompt_activations
+
+    n = 120 if cfg.profile != "tiny" else 8
+    sets = {
+        "harmful": [("harmbench:val", None), ("donotanswer", n)],
+        "harmless": [("alpaca", 2 * n), ("builtin_xsafe", None)],
+    }
+
+    def run(folder: Path) -> Any:
+        acts = {}
+        for side, names in sets.items():
+            texts = [
+                p.text for name, k in names for p in load_prompts(name, n=k, seed=cfg.seed + 31, data_dir=cfg.data_dir)
+            ]
+            acts[side] = prompt_activations(
+                lm.model, lm.tokenizer, texts, cfg.hook, reduce=reduce, batch_size=cfg.batch_size
+            )
+        probe = fit_probe(acts["harmful"], acts["harmless"], l2=1e-2)
+        probe.save(folder / "probe.safetensors", {"hook": cfg.hook, "reduce": reduce})
+        return probe
+
+    return runner.run(
+        "gate_probe",
+        {"model": lm.spec, "hook": cfg.hook, "reduce": reduce, "sets": sets, "seed": cfg.seed},
+        run,
+        lambda f: ProjectionScorer.load(f / "probe.safetensors")[0],
     )
 
 
@@ -251,6 +293,16 @@ def stage_features(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: 
 def stage_sweep(
     runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, direction: Any, features: dict[str, Any]
 ) -> tuple[ResultsTable, list[Any]]:
+    real = data_dir(cfg.data_dir) is not None
+    gates = [g.strip() for g in cfg.gate.split(",") if g.strip()]
+    if not real and any(g.startswith("probe") for g in gates):
+        print(
+            "saesteer: note: no data directory, so no dev prompts disjoint from the built-in test suites to fit a "
+            "harm probe on; conditional steering runs without the probe gate"
+        )
+        gates = [g for g in gates if not g.startswith("probe")] or ["direction:last"]
+    probe_reduce = next((g.partition(":")[2] or "mean" for g in gates if g.startswith("probe")), None)
+    probe = stage_gate_probe(runner, lm, cfg, probe_reduce) if probe_reduce else None
     chosen = features.get("chosen") or {}
     control = features.get("control") or {}
     refusal_f = [int(chosen["feature"])] if chosen.get("feature") is not None else []
@@ -270,12 +322,11 @@ def stage_sweep(
         conditional_values=[max(cfg.clamp_multiples)],
         clamp_units="max",
         conditional=True,
-        gate="direction",
+        gate=",".join(gates),
         gate_fpr=cfg.gate_fpr,
         direction_coeffs=list(cfg.direction_coeffs),
     )
     grid = build_grid(scfg, refusal_f, control_f, feature_max=fmax, direction=True)
-    real = data_dir(cfg.data_dir) is not None
     dev = [
         p.text
         for p in load_prompts("alpaca" if real else "builtin_harmless", n=64, seed=cfg.seed + 23, data_dir=cfg.data_dir)
@@ -297,6 +348,8 @@ def stage_sweep(
             cfg.resolved(),
             dev,
             CompletionCache(folder / "completions.jsonl"),
+            probe=probe,
+            probe_hook=cfg.hook,
         )
         for i, cond in enumerate(grid, start=1):
             print(f"[sweep] condition {i}/{len(grid)}: {cond.name}", flush=True)

@@ -12,6 +12,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from saesteer.errors import SaesteerError
 from saesteer.evaluation.capability import CapabilityConfig, run_capability
 from saesteer.evaluation.multiturn import MultiTurnConfig, run_multiturn
 from saesteer.evaluation.safety import CompletionCache, SafetyConfig, default_sets, safety_suite
@@ -21,7 +22,7 @@ from saesteer.report.sweep import Condition
 from saesteer.sae.base import SAE
 from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.engine import Steering
-from saesteer.steering.gate import FeatureScorer, Gate, prompt_scores
+from saesteer.steering.gate import FeatureScorer, Gate, ProjectionScorer, prompt_scores
 from saesteer.steering.interventions import ClampFeature
 from saesteer.study.config import StudyConfig
 
@@ -43,6 +44,8 @@ class SweepContext:
     gate_dev_prompts: list[str]
     cache: CompletionCache
     log: Callable[[str], None] = print
+    probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate
+    probe_hook: str = ""
 
 
 def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
@@ -62,10 +65,18 @@ def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
     gate = None
     if cond.gate is not None:
         g = cond.gate
-        scorer: Any = FeatureScorer(ctx.sae, int(g["feature"])) if g["type"] == "feature" else ctx.direction.scorer()
+        scorer: Any
+        if g["type"] == "feature":
+            scorer, gate_hook = FeatureScorer(ctx.sae, int(g["feature"])), ctx.sae.cfg.hook_name
+        elif g["type"] == "probe":
+            if ctx.probe is None:
+                raise SaesteerError("a probe gate needs a fitted probe; fit one with saesteer.steering.gate.fit_probe")
+            scorer, gate_hook = ctx.probe, ctx.probe_hook
+        else:
+            scorer, gate_hook = ctx.direction.scorer(), ctx.direction.hook
         gate = Gate(
             scorer=scorer,
-            hook=ctx.direction.hook if g["type"] == "direction" else ctx.sae.cfg.hook_name,
+            hook=gate_hook,
             reduce=g.get("reduce", "last"),
             tail=int(g.get("tail", 5)),
         )
