@@ -14,13 +14,12 @@ from saesteer.features.rankers import (
     contrastive_ranking,
     diff_in_means,
     direction_cosine_ranking,
-    post_instruction_acts,
     rank_scores,
 )
 from saesteer.features.refusal_score import RefusalTokens, score_prompts
 from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE
-from saesteer.steering.direction import post_instruction_tokens
+from saesteer.steering.direction import post_instruction_acts, post_instruction_tokens
 from saesteer.steering.engine import Steering
 from saesteer.steering.interventions import ScaleFeature
 

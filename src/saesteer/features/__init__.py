@@ -22,10 +22,10 @@ from saesteer.features.rankers import (
     contrastive_ranking,
     diff_in_means,
     direction_cosine_ranking,
-    post_instruction_acts,
 )
 from saesteer.features.refusal_score import RefusalTokens, auroc, calibrate_score, score_prompts
 from saesteer.features.screen import ScreenRunner, clamp_values, screen_pool
+from saesteer.steering.direction import post_instruction_acts
 
 __all__ = [
     "DEFAULT_ARCHETYPES",

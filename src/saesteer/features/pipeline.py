@@ -49,7 +49,7 @@ from saesteer.features.summary import write_outputs
 from saesteer.model.adapter import ArchAdapter
 from saesteer.model.generation import GenerationConfig
 from saesteer.sae.base import SAE
-from saesteer.steering.direction import post_instruction_tokens
+from saesteer.steering.direction import post_instruction_acts, post_instruction_tokens
 from saesteer.steering.engine import Steering
 from saesteer.steering.interventions import ClampFeature
 
@@ -176,10 +176,10 @@ def find_features(
     n_post = post_instruction_tokens(tokenizer, cfg.system_prompt)
 
     def rankers() -> dict[str, Any]:
-        acts_h = rk.post_instruction_acts(
+        acts_h = post_instruction_acts(
             adapter, tokenizer, r_harm, hp, n_post, cfg.batch_size, cfg.system_prompt, progress, "acts harmful"
         )
-        acts_s = rk.post_instruction_acts(
+        acts_s = post_instruction_acts(
             adapter, tokenizer, r_safe, hp, n_post, cfg.batch_size, cfg.system_prompt, progress, "acts harmless"
         )
         direction = rk.diff_in_means(acts_h, acts_s)

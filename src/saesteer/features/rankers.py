@@ -76,36 +76,6 @@ def _dev(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def post_instruction_acts(
-    adapter: ArchAdapter,
-    tokenizer: Any,
-    prompts: Sequence[Any],
-    hook: str | HookPoint,
-    n_post: int,
-    batch_size: int = 16,
-    system_prompt: str | None = None,
-    progress: bool = False,
-    desc: str = "post-instruction acts",
-) -> torch.Tensor:
-    """Activations (n_prompts, n_post, d_model) float32 at the last ``n_post`` positions of each chat prompt."""
-    from tqdm.auto import tqdm
-
-    from saesteer.model.generation import encode_chats
-
-    if len(prompts) == 0:
-        raise SaesteerError("empty prompt set for a ranker; give at least one harmful and one harmless prompt")
-    out = torch.empty(len(prompts), n_post, adapter.d_model)
-    dev = _dev(adapter.model)
-    for idx in tqdm(length_batches([len(str(p)) for p in prompts], batch_size), desc=desc, disable=not progress):
-        enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
-        if enc["input_ids"].shape[1] < n_post:
-            raise SaesteerError(f"prompts are shorter than the {n_post} post-instruction tokens; check the template")
-        x = adapter.run_to(hook, enc["input_ids"].to(dev), enc["attention_mask"].to(dev))
-        out[idx] = x[:, -n_post:].float().cpu()  # left padding: the template tail is aligned
-    return out
-
-
 def diff_in_means(harmful: torch.Tensor, harmless: torch.Tensor, position: int = -1) -> torch.Tensor:
     """Difference-in-means direction (d_model,) at one post-instruction position of (n, n_post, d) activations."""
     return harmful[:, position].mean(0) - harmless[:, position].mean(0)

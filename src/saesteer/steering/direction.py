@@ -55,6 +55,42 @@ def post_instruction_tokens(tokenizer: Any, system_prompt: str | None = None) ->
 
 
 @torch.no_grad()
+def post_instruction_acts(
+    adapter: ArchAdapter,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    hook: str | HookPoint,
+    n_post: int,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    progress: bool = False,
+    desc: str = "post-instruction acts",
+) -> torch.Tensor:
+    """Activations (n_prompts, n_post, d_model) float32 at the last ``n_post`` positions of each chat prompt.
+
+    Prompts are batched by length (less padding); with left padding the template tail is aligned.
+    """
+    from tqdm.auto import tqdm
+
+    from saesteer.model.generation import encode_chats
+
+    if len(prompts) == 0:
+        raise SaesteerError("empty prompt set; give at least one harmful and one harmless prompt")
+    if batch_size < 1:
+        raise SaesteerError(f"batch_size={batch_size} must be >= 1")
+    out = torch.empty(len(prompts), n_post, adapter.d_model)
+    dev = next(adapter.model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(str(prompts[i])))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc=desc, disable=not progress):
+        enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
+        if enc["input_ids"].shape[1] < n_post:
+            raise SaesteerError(f"prompts are shorter than the {n_post} post-instruction tokens; check the template")
+        x = adapter.run_to(hook, enc["input_ids"].to(dev), enc["attention_mask"].to(dev))
+        out[idx] = x[:, -n_post:].float().cpu()
+    return out
+
+
 def post_instruction_means(
     adapter: ArchAdapter,
     tokenizer: Any,
@@ -66,19 +102,9 @@ def post_instruction_means(
     progress: bool = False,
 ) -> torch.Tensor:
     """Mean activation (n_post, d_model) float32 at the last ``n_post`` positions of each chat prompt."""
-    from tqdm.auto import tqdm
-
-    from saesteer.model.generation import encode_chats
-
-    if len(prompts) == 0:
-        raise SaesteerError("no prompts to average; give at least one harmful and one harmless prompt")
-    dev = next(adapter.model.parameters()).device
-    total = torch.zeros(n_post, adapter.d_model, dtype=torch.float64)
-    for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="diff-in-means"):
-        enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
-        x = adapter.run_to(hook, enc["input_ids"].to(dev), enc["attention_mask"].to(dev))
-        total += x[:, -n_post:].to(torch.float64).sum(0).cpu()  # left padding: the template tail is aligned
-    return (total / len(prompts)).to(torch.float32)
+    acts = post_instruction_acts(adapter, tokenizer, prompts, hook, n_post, batch_size, system_prompt, progress,
+                                 desc="diff-in-means")  # fmt: skip
+    return acts.double().mean(0).float()
 
 
 @dataclass(eq=False)
