@@ -41,6 +41,9 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     )
     report = run_study(tiny_lm, cfg)
     md = (report / "report.md").read_text()
+    assert {"features.md", "sae_metrics.json", "sae_train_summary.json", "harvest_manifest.json"} <= {
+        p.name for p in report.iterdir()
+    }
     assert "baseline" in md and "unsafe_refusal" in md
     results = json.loads((Path(cfg.out_dir).glob("sweep-*/results.json").__next__()).read_text())
     rows = results["rows"] if isinstance(results, dict) else results

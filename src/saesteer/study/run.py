@@ -363,6 +363,19 @@ def stage_sweep(
     return table, grid
 
 
+def _copy_provenance(report_dir: Path, runner: StageRunner, sae_dir: Path, acts: str | None) -> None:
+    """Small files that say where the report's numbers come from: features, SAE metrics and training, harvest."""
+    sources = {
+        "features.md": runner.folders.get("features", report_dir / "-") / "features.md",
+        "sae_metrics.json": runner.folders.get("sae_metrics", report_dir / "-") / "sae_metrics.json",
+        "sae_train_summary.json": sae_dir.parent / "train_summary.json",
+        "harvest_manifest.json": Path(acts) / "manifest.json" if acts else report_dir / "-",
+    }
+    for name, src in sources.items():
+        if src.is_file():
+            shutil.copyfile(src, report_dir / name)
+
+
 def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     """Run (or resume) the whole study; returns the report folder."""
     cfg = cfg.resolved()
@@ -396,6 +409,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
         notes=[f"config: {json.dumps(config_to_dict(cfg))}", f"total wall time this run: {time.time() - t_all:.0f} s"],
     )
     write_report(report_dir, data)
+    _copy_provenance(report_dir, runner, sae_dir, acts)
     if cfg.report_dir:
         dest = Path(cfg.report_dir)
         if dest.exists():

@@ -34,6 +34,7 @@ class StageRunner:
 
     root: Path
     times: dict[str, float] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
     def folder(self, name: str, inputs: dict[str, Any]) -> Path:
@@ -42,6 +43,7 @@ class StageRunner:
     def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], T], load: Callable[[Path], T]) -> T:
         """Return ``load(folder)`` if the stage is finished, else ``fn(folder)`` (which may resume)."""
         folder = self.folder(name, inputs)
+        self.folders[name] = folder
         marker = folder / DONE
         if marker.is_file():
             info = json.loads(marker.read_text())
