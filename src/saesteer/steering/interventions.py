@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -103,23 +103,31 @@ class Intervention(Protocol):
     def validate(self, d_model: int, d_sae: int | None) -> None: ...
 
 
-@dataclass(frozen=True)
-class ClampFeature:
-    """Set SAE feature ``feature`` to ``value`` (error term kept): x + (value - z_f) W_dec[f]."""
+class _OneFeature:
+    """Shared by the edits of one SAE feature: which latent they read, and its range check."""
 
     feature: int
-    value: Value
-    stage: str = field(default="add", init=False)
-
-    def __post_init__(self) -> None:
-        check_value(f"clamp feature {self.feature}", self.value)
+    verb: ClassVar[str]
 
     @property
     def features(self) -> tuple[int, ...]:
         return (self.feature,)
 
     def validate(self, d_model: int, d_sae: int | None) -> None:
-        check_feature("clamp", self.feature, d_sae)
+        check_feature(self.verb, self.feature, d_sae)
+
+
+@dataclass(frozen=True)
+class ClampFeature(_OneFeature):
+    """Set SAE feature ``feature`` to ``value`` (error term kept): x + (value - z_f) W_dec[f]."""
+
+    feature: int
+    value: Value
+    stage: str = field(default="add", init=False)
+    verb: ClassVar[str] = "clamp"
+
+    def __post_init__(self) -> None:
+        check_value(f"clamp feature {self.feature}", self.value)
 
     def delta(self, ctx: EditContext) -> torch.Tensor:
         coef = ctx.value(self.value) - ctx.z(self.feature).unsqueeze(-1)
@@ -127,22 +135,16 @@ class ClampFeature:
 
 
 @dataclass(frozen=True)
-class ScaleFeature:
+class ScaleFeature(_OneFeature):
     """Multiply SAE feature ``feature`` by ``factor`` (error term kept): x + (factor - 1) z_f W_dec[f]."""
 
     feature: int
     factor: Value
     stage: str = field(default="add", init=False)
+    verb: ClassVar[str] = "scale"
 
     def __post_init__(self) -> None:
         check_value(f"scale feature {self.feature}", self.factor)
-
-    @property
-    def features(self) -> tuple[int, ...]:
-        return (self.feature,)
-
-    def validate(self, d_model: int, d_sae: int | None) -> None:
-        check_feature("scale", self.feature, d_sae)
 
     def delta(self, ctx: EditContext) -> torch.Tensor:
         coef = (ctx.value(self.factor) - 1.0) * ctx.z(self.feature).unsqueeze(-1)
@@ -176,18 +178,12 @@ class AddFeature:
 
 
 @dataclass(frozen=True)
-class AblateFeature:
+class AblateFeature(_OneFeature):
     """Remove SAE feature ``feature``'s contribution (error term kept): x - z_f W_dec[f]."""
 
     feature: int
     stage: str = field(default="add", init=False)
-
-    @property
-    def features(self) -> tuple[int, ...]:
-        return (self.feature,)
-
-    def validate(self, d_model: int, d_sae: int | None) -> None:
-        check_feature("ablate", self.feature, d_sae)
+    verb: ClassVar[str] = "ablate"
 
     def delta(self, ctx: EditContext) -> torch.Tensor:
         return -ctx.z(self.feature).unsqueeze(-1) * ctx.decoder_row(self.feature)
