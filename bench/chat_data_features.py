@@ -6,7 +6,8 @@ only (``saesteer train-sae --tokens-from corpus``). Prints, for each SAE, how ma
 model's refusal tokens, the screen results of the best feature, and how well each SAE's refusal
 candidates are matched by a latent of the other SAE (decoder cosine).
 
-    python bench/chat_data_features.py --with-chat runs/feat-chat --corpus-only runs/feat-corpus
+    python bench/chat_data_features.py --with-chat runs/feat-chat --corpus-only runs/feat-corpus \
+        --seed-twin runs/sae-seed1/sae
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def main() -> None:
     ap.add_argument("--with-chat", required=True, help="find-features folder of the SAE trained with chat tokens")
     ap.add_argument("--corpus-only", required=True, help="find-features folder of the corpus-only SAE")
     ap.add_argument("--top", type=int, default=20, help="candidates per ranker compared across the SAEs")
+    ap.add_argument(
+        "--seed-twin",
+        metavar="SAE_DIR",
+        help="an SAE trained on the same tokens as --with-chat but with another seed: the match rate two SAEs "
+        "reach by chance, the yardstick for the chat-vs-corpus difference",
+    )
     args = ap.parse_args()
     chat, w_chat = _load(args.with_chat)
     corp, w_corp = _load(args.corpus_only)
@@ -84,11 +91,24 @@ def main() -> None:
                 f"{ranker} top {len(cos)} ({name}): {frac:.0%} have a latent with decoder cosine > {MATCH} "
                 f"in the other SAE; median best cosine {sorted(cos)[len(cos) // 2] if cos else float('nan'):.2f}"
             )
+    if args.seed_twin:
+        twin = load_sae(args.seed_twin, dtype="float32").W_dec.detach().float()
+        twin = twin / twin.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        for ranker in ("paper", "contrastive"):
+            cos, frac = _matched(_top(chat, ranker, args.top), w_chat, twin)
+            print(
+                f"{ranker} top {len(cos)} (with chat -> same tokens, other seed): {frac:.0%} have a latent with "
+                f"decoder cosine > {MATCH}; median best cosine {sorted(cos)[len(cos) // 2] if cos else float('nan'):.2f}"
+            )
     for name, (ra, wa, wb) in {"with chat": (chat, w_chat, w_corp), "corpus only": (corp, w_corp, w_chat)}.items():
         f = (ra.get("chosen") or {}).get("feature")
         if f is not None:
             cos, _ = _matched([int(f)], wa, wb)
             print(f"chosen feature of {name} ({f}): best decoder cosine in the other SAE {cos[0]:.2f}")
+    if args.seed_twin:
+        f = int((chat.get("chosen") or {}).get("feature", 0))
+        cos, _ = _matched([f], w_chat, twin)
+        print(f"chosen feature of with chat ({f}): best decoder cosine in the other-seed SAE {cos[0]:.2f}")
 
 
 if __name__ == "__main__":
