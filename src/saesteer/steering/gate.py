@@ -17,7 +17,7 @@ at or below a target.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -225,7 +225,29 @@ def false_positive_rate(scores_harmless: torch.Tensor | Sequence[float], thresho
     return float((s > threshold).double().mean())
 
 
-@torch.no_grad()
+def _per_prompt(
+    adapter: ArchAdapter | Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    hook: str,
+    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int,
+    system_prompt: str | None,
+) -> tuple[ArchAdapter, list[torch.Tensor]]:
+    """Run chat prompts to ``hook`` in batches; ``reduce(acts, real_mask)`` turns each batch into per-prompt rows."""
+    from saesteer.model.generation import encode_chats
+
+    ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
+    dev = next(ad.model.parameters()).device
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
+            ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+            out.append(reduce(ad.run_to(hook, ids, mask), mask.bool()).cpu())
+    return ad, out
+
+
 def prompt_scores(
     adapter: ArchAdapter | Any,
     tokenizer: Any,
@@ -235,21 +257,12 @@ def prompt_scores(
     system_prompt: str | None = None,
 ) -> torch.Tensor:
     """The gate's per-prompt scores (N,) on chat prompts, exactly as the gate computes them while steering."""
-    from saesteer.model.generation import encode_chats
-
     ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
     gate.scorer.validate(ad.d_model)
-    dev = next(ad.model.parameters()).device
-    out: list[torch.Tensor] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
-        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-        x = ad.run_to(gate.hook, ids, mask)
-        out.append(gate.scores(x, mask.bool()).cpu())
+    _, out = _per_prompt(ad, tokenizer, prompts, gate.hook, gate.scores, batch_size, system_prompt)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-@torch.no_grad()
 def prompt_activations(
     adapter: ArchAdapter | Any,
     tokenizer: Any,
@@ -262,18 +275,13 @@ def prompt_activations(
 ) -> torch.Tensor:
     """Per-prompt activations (N, d_model) at ``hook``, reduced over tokens the way a :class:`Gate` reduces
     scores; a linear probe fit on them scores prompts exactly as the gate will (mean and tail are linear)."""
-    from saesteer.model.generation import encode_chats
-
     if reduce not in REDUCTIONS:
         raise SaesteerError(f"unknown reduction {reduce!r}; use one of {', '.join(REDUCTIONS)}")
-    ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
-    dev = next(ad.model.parameters()).device
-    out: list[torch.Tensor] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
-        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-        x = ad.run_to(hook, ids, mask).float()
-        out.append(reduce_tokens(x, mask.bool(), reduce, tail).cpu())
+
+    def pool(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return reduce_tokens(x.float(), real, reduce, tail)
+
+    ad, out = _per_prompt(adapter, tokenizer, prompts, hook, pool, batch_size, system_prompt)
     return torch.cat(out) if out else torch.zeros(0, ad.d_model)
 
 

@@ -25,7 +25,7 @@ from saesteer.model.generation import GenerationConfig
 from saesteer.model.loading import LoadedModel
 from saesteer.report.render import ReportData, write_report
 from saesteer.report.results import ResultsTable
-from saesteer.report.sweep import SweepConfig, build_grid
+from saesteer.report.sweep import SweepConfig, build_grid, gate_types
 from saesteer.sae.base import SAE
 from saesteer.sae.io import load_sae
 from saesteer.study.config import StudyConfig
@@ -297,14 +297,18 @@ def stage_sweep(
     runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, sae: SAE, direction: Any, features: dict[str, Any]
 ) -> tuple[ResultsTable, list[Any]]:
     real = data_dir(cfg.data_dir) is not None
-    gates = [g.strip() for g in cfg.gate.split(",") if g.strip()]
-    if not real and any(g.startswith("probe") for g in gates):
+    # every gate with its reduction spelled out, so the probe is fit on activations reduced as its gate reduces
+    gates = []
+    for g in gate_types(SweepConfig(gate=cfg.gate)):
+        kind, _, red = g.partition(":")
+        gates.append(f"{kind}:{red or ('mean' if kind == 'probe' else 'last')}")
+    if not real and any(g.startswith("probe:") for g in gates):
         print(
             "saesteer: note: no data directory, so no dev prompts disjoint from the built-in test suites to fit a "
             "harm probe on; conditional steering runs without the probe gate"
         )
-        gates = [g for g in gates if not g.startswith("probe")] or ["direction:last"]
-    probe_reduce = next((g.partition(":")[2] or "mean" for g in gates if g.startswith("probe")), None)
+        gates = [g for g in gates if not g.startswith("probe:")] or ["direction:last"]
+    probe_reduce = next((g.partition(":")[2] for g in gates if g.startswith("probe:")), None)
     probe = stage_gate_probe(runner, lm, cfg, probe_reduce) if probe_reduce else None
     chosen = features.get("chosen") or {}
     control = features.get("control") or {}
@@ -352,7 +356,6 @@ def stage_sweep(
             dev,
             CompletionCache(folder / "completions.jsonl"),
             probe=probe,
-            probe_hook=cfg.hook,
         )
         for i, cond in enumerate(grid, start=1):
             print(f"[sweep] condition {i}/{len(grid)}: {cond.name}", flush=True)
@@ -366,12 +369,14 @@ def stage_sweep(
 def _copy_provenance(report_dir: Path, runner: StageRunner, sae_dir: Path, acts: str | None) -> None:
     """Small files that say where the report's numbers come from: features, SAE metrics and training, harvest."""
     sources = {
-        "features.md": runner.folders.get("features", report_dir / "-") / "features.md",
-        "sae_metrics.json": runner.folders.get("sae_metrics", report_dir / "-") / "sae_metrics.json",
-        "sae_train_summary.json": sae_dir.parent / "train_summary.json",
-        "harvest_manifest.json": Path(acts) / "manifest.json" if acts else report_dir / "-",
+        "features.md": ("features", "features.md"),
+        "sae_metrics.json": ("sae_metrics", "sae_metrics.json"),
     }
-    for name, src in sources.items():
+    paths = {name: runner.folders[stage] / file for name, (stage, file) in sources.items() if stage in runner.folders}
+    paths["sae_train_summary.json"] = sae_dir.parent / "train_summary.json"
+    if acts:
+        paths["harvest_manifest.json"] = Path(acts) / "manifest.json"
+    for name, src in paths.items():
         if src.is_file():
             shutil.copyfile(src, report_dir / name)
 

@@ -44,8 +44,7 @@ class SweepContext:
     gate_dev_prompts: list[str]
     cache: CompletionCache
     log: Callable[[str], None] = print
-    probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate
-    probe_hook: str = ""
+    probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate, fit at cfg.hook
 
 
 def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
@@ -71,7 +70,7 @@ def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
         elif g["type"] == "probe":
             if ctx.probe is None:
                 raise SaesteerError("a probe gate needs a fitted probe; fit one with saesteer.steering.gate.fit_probe")
-            scorer, gate_hook = ctx.probe, ctx.probe_hook
+            scorer, gate_hook = ctx.probe, ctx.cfg.hook
         else:
             scorer, gate_hook = ctx.direction.scorer(), ctx.direction.hook
         gate = Gate(
