@@ -84,3 +84,16 @@ def tiny_qwen_chat(qwen_tokenizer: Any) -> tuple[Any, Any]:
     model.generation_config.eos_token_id = qwen_tokenizer.eos_token_id
     model.generation_config.pad_token_id = qwen_tokenizer.pad_token_id
     return model, qwen_tokenizer
+
+
+def interop_import(module: str) -> Any:
+    """Import an interop anchor (sae_lens, lm_eval): skipped where it isn't installed, an error in CI.
+
+    ``scripts/test.sh`` installs the anchors and sets ``SAESTEER_REQUIRE_INTEROP=1``, so there a missing
+    anchor fails the run instead of silently skipping the equality tests.
+    """
+    if os.environ.get("SAESTEER_REQUIRE_INTEROP") == "1":
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -1,21 +1,25 @@
-"""Dataclass configs that double as command-line options.
+"""Dataclass configs: one per stage, nested into one tree per command, read from files strictly.
 
 Each stage has one dataclass config. Fields carry their help text in ``metadata["help"]`` (use
-:func:`opt`), so the same text documents the Python API and the ``--help`` of the CLI.
+:func:`opt`), so the same text documents the Python API and the ``--help`` of the CLI (which reads it
+through tyro). A config file is a nested mapping with the same shape as the config tree; values are
+type-checked with typeguard, and a key the tree does not have is an error, never silently dropped.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import tempfile
 import tomllib
-import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import typeguard
+import yaml
 
 from saesteer.errors import SaesteerError
 
@@ -29,118 +33,103 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """Return (inner type, is_list) for ``X``, ``X | None``, ``list[X]``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    if origin in (list, tuple):
-        return typing.get_args(tp)[0], True
-    return tp, False
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def _pct(value: Any) -> str:
-    return str(value).replace("%", "%%")
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` to ``parser``."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
-            continue
-        name = "--" + prefix + f.name.replace("_", "-")
-        help_text = str(f.metadata.get("help", "")).replace("%", "%%")  # argparse formats help with %
-        tp, is_list = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-        if tp is bool:
-            parser.add_argument(
-                name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{help_text} (default: {_pct(default)})",
-            )
-            continue
-        conv = tp if tp in (int, float, str) else str
-        parser.add_argument(
-            name,
-            type=conv,
-            nargs="+" if is_list else None,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{help_text} (default: {_pct(default)})",
-        )
-
-
-def _coerce(cls: type, name: str, value: Any) -> Any:
-    hints = typing.get_type_hints(cls)
-    tp, is_list = _base_type(hints[name])
-    if value is None:
-        return None
+def _checked(value: Any, tp: Any, where: str, source: str) -> Any:
+    """``value`` if it is of type ``tp`` (ints widen to float, tuples to lists), else a one-line error."""
+    if isinstance(value, (list, tuple)):
+        value = tuple(value) if typing.get_origin(tp) is tuple else list(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     try:
-        if is_list:
-            return [tp(v) if tp in (int, float, str) else v for v in value]
-        if tp in (int, float, str) and not isinstance(value, bool):
-            return tp(value)
-        if tp is bool and not isinstance(value, bool):
-            raise ValueError(f"expected true/false, got {value!r}")
-    except (TypeError, ValueError) as exc:
-        raise SaesteerError(f"config field {name!r}: {exc}; give a value of type {tp.__name__}") from None
+        typeguard.check_type(value, tp, collection_check_strategy=typeguard.CollectionCheckStrategy.ALL_ITEMS)
+    except typeguard.TypeCheckError:
+        name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        raise SaesteerError(f"{where} in {source} is {value!r}; give a value of type {name}") from None
     return value
 
 
-def build_config(
-    cls: type[T], file_values: dict[str, Any] | None = None, ns: argparse.Namespace | None = None, prefix: str = ""
-) -> T:
-    """Build ``cls`` from defaults, then a config file's values, then command-line flags (highest)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values: dict[str, Any] = {}
-    for key, value in (file_values or {}).items():
-        key = key.replace("-", "_")
+def merge_config(base: T, values: Mapping[str, Any], source: str = "config", _path: str = "") -> T:
+    """A copy of dataclass config ``base`` with ``values`` (a nested mapping) set on it.
+
+    Keys may use ``-`` for ``_``. A key the config does not have, or a value of the wrong type, is a
+    one-line :class:`SaesteerError` naming ``source`` (e.g. the config file) and the known keys.
+    """
+    cls = type(base)
+    types_ = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for raw, value in values.items():
+        key = str(raw).replace("-", "_")
+        where = f"{_path}{key}"
         if key not in names:
             raise SaesteerError(
-                f"unknown config key {key!r} for {cls.__name__}; valid keys: {', '.join(sorted(names))}"
+                f"unknown key {where!r} in {source} (known{' under ' + repr(_path[:-1]) if _path else ''}: "
+                f"{', '.join(names)})"
             )
-        values[key] = _coerce(cls, key, value)
-    if ns is not None:
-        for name in names:
-            v = getattr(ns, prefix.replace("-", "_") + name, None)
-            if v is not None:
-                values[name] = _coerce(cls, name, v)
-    return cls(**values)
+        tp = types_[key]
+        if _is_config(tp):
+            if not isinstance(value, Mapping):
+                raise SaesteerError(f"{where!r} in {source} must be a section (a mapping of its keys to values)")
+            changes[key] = merge_config(getattr(base, key), value, source, f"{where}.")
+        else:
+            changes[key] = _checked(value, tp, repr(where), source)
+    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 
-def read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """Read a TOML, YAML or JSON config file into a dict."""
-    if path is None:
-        return {}
+def config_from_dict(cls: type[T], values: Mapping[str, Any], source: str = "config") -> T:
+    """Build dataclass config ``cls`` from its defaults and a nested mapping (strict, see :func:`merge_config`)."""
+    return merge_config(cls(), values, source)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into a dict (one-line errors for every bad file)."""
     p = Path(path)
-    if not p.is_file():
-        raise SaesteerError(f"config file {p} not found; pass an existing .toml, .yaml or .json file")
-    text = p.read_text()
+    if p.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise SaesteerError(f"config file {p}: unknown format {p.suffix or '(none)'!r}; use .toml, .yaml or .json")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SaesteerError(
+            f"cannot read config file {p} ({reason}); pass a readable .toml, .yaml or .json file"
+        ) from None
     try:
         if p.suffix == ".toml":
-            return tomllib.loads(text)
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data: Any = tomllib.loads(text)
         elif p.suffix == ".json":
             data = json.loads(text)
         else:
-            raise SaesteerError(f"config file {p}: unknown format; use .toml, .yaml or .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise SaesteerError(f"config file {p} is malformed ({exc}); fix its syntax") from None
+            data = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SaesteerError(f"config file {p} is malformed ({first}); fix its syntax") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise SaesteerError(f"config file {p} must hold a mapping of keys to values")
+        raise SaesteerError(f"config file {p} must hold a mapping of keys to values, not {type(data).__name__}")
     return data
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-friendly dict of a dataclass config."""
-    out = dataclasses.asdict(cfg)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+    """A JSON-friendly nested dict of a dataclass config (every field, paths as strings)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

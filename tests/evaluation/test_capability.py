@@ -23,7 +23,7 @@ from saesteer.evaluation.datasets import MathProblem, MCQuestion, TruthfulQAItem
 from saesteer.evaluation.gsm8k import clean_solution, extract_answer, numbers_equal, score_gsm8k
 from saesteer.evaluation.loglik import common_prefix_length, encode_pair, loglikelihoods
 from saesteer.evaluation.stats import wilson
-from tests.conftest import tiny_model
+from tests.conftest import interop_import, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_run_capability_on_real_items(lm: tuple[Any, Any]) -> None:
 
 @needs_data
 def test_native_mmlu_and_truthfulqa_equal_lm_eval(lm: tuple[Any, Any], tmp_path: Any) -> None:
-    pytest.importorskip("lm_eval")
+    interop_import("lm_eval")
     from saesteer.evaluation.lm_eval_bridge import evaluate_tasks, write_mmlu_tasks, write_truthfulqa_tasks
 
     model, tok = lm

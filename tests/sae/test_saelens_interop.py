@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from saesteer.sae.io import load_sae, save_sae
+from tests.conftest import interop_import
 from tests.sae.conftest import random_sae
 
-sae_lens = pytest.importorskip("sae_lens")
+sae_lens = interop_import("sae_lens")
 
 ARCHS = ["topk", "relu", "jumprelu"]
 

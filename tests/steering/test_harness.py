@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from saesteer.steering import ClampFeature, ScaleFeature, Steering
+from tests.conftest import interop_import
 from tests.steering.helpers import tiny_sae
 
-lm_eval = pytest.importorskip("lm_eval")
+lm_eval = interop_import("lm_eval")
 
 
 def test_hflm_loglikelihood_sees_steering(chat_model: Any, qwen_tokenizer: Any) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from saesteer.evaluation.datasets import data_dir
+from saesteer.evaluation.splits import check_disjoint
 from saesteer.model.loading import load
 from saesteer.study.config import StudyConfig
 from saesteer.study.run import run_study
@@ -21,6 +22,22 @@ def tiny_lm(tmp_path: Path, qwen_tokenizer):
     return load(str(tmp_path / "tiny"), dtype="fp32", device="cpu")
 
 
+def tiny_config(out: Path, data: str, **extra) -> StudyConfig:
+    return StudyConfig.from_profile(
+        "tiny",
+        {
+            "out_dir": str(out),
+            "hook": "blocks.2.hook_resid_post",
+            "data_dir": data,
+            "train": {"d_sae": 128, "k": 8},
+            "harvest.n_tokens": 20_000,
+            "sweep.clamp_values": [1.0, 2.0],
+            "generation.batch_size": 8,
+            **extra,
+        },
+    )
+
+
 @pytest.mark.parametrize("with_data", [True, False], ids=["data-dir", "built-in"])
 def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data: bool, monkeypatch) -> None:
     root = data_dir()
@@ -28,39 +45,39 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         pytest.skip("no data directory")
     if not with_data:
         monkeypatch.setenv("SAESTEER_DATA_DIR", "none")
-    cfg = StudyConfig(
-        profile="tiny",
-        out_dir=str(tmp_path / "run"),
-        hook="blocks.2.hook_resid_post",
-        d_sae=128,
-        k=8,
-        n_tokens=20_000,
-        data_dir=str(root) if with_data else "none",
-        clamp_multiples=[2.0],
-        batch_size=8,
-    )
+    cfg = tiny_config(tmp_path / "run", str(root) if with_data else "none")
     report = run_study(tiny_lm, cfg)
     md = (report / "report.md").read_text()
-    assert {"features.md", "sae_metrics.json", "sae_train_summary.json", "harvest_manifest.json"} <= {
-        p.name for p in report.iterdir()
-    }
-    assert "baseline" in md and "unsafe_refusal" in md
-    results = json.loads((Path(cfg.out_dir).glob("sweep-*/results.json").__next__()).read_text())
-    rows = results["rows"] if isinstance(results, dict) else results
-    metrics = {r["metric"] for r in rows}
-    assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k"} <= metrics
-    assert ("multiturn_asr" in metrics) == with_data  # FRACTURED-SORRY-Bench has no built-in stand-in
-    assert all(r["n"] > 0 for r in rows)
+    names = {p.name for p in report.iterdir()}
+    assert {"features.md", "sae_metrics.json", "splits.json", "resolved_config.json", ".saesteer-report"} <= names
+    # the report opens with the headline and its plots, then the findings; no raw JSON blob in the setup
+    assert md.index("## Headline") < md.index("## Findings") < md.index("## Setup") < md.index("## Details")
+    assert "{" not in md[md.index("## Setup") : md.index("## Details")]
+    # dev and test prompts are disjoint, recomputed from splits.json alone
+    splits = json.loads((report / "splits.json").read_text())
+    assert check_disjoint(splits) == {}
+    assert {"sae_chat", "direction", "screen", "clamp_choice", "test"} <= set(splits["purposes"])
     out = Path(cfg.out_dir)
-    # conditional steering gates on a fitted harm probe when dev data exist, else on the direction
+    results = json.loads(next(out.glob("sweep-*/results.json")).read_text())
+    metrics = {r["metric"] for r in results["rows"]}
+    assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k"} <= metrics
+    assert ("fractured_asr" in metrics) == with_data  # FRACTURED-SORRY-Bench has no built-in stand-in
+    assert all(r["n"] > 0 for r in results["rows"])
+    # per-item outcomes behind every safety row (paired intervals), and a firing rate per gated condition
+    items = {(i["condition"], i["metric"]): i["values"] for i in results["items"]}
+    for r in results["rows"]:
+        if r["metric"] in ("unsafe_refusal", "safe_refusal"):
+            assert len(items[(r["condition"], r["metric"])]) == r["n"]
+    gated = {r["condition"] for r in results["rows"] if r["kind"] == "conditional"}
+    assert gated and all(any(m.startswith("gate_firing:") for (c, m) in items if c == g) for g in gated)
+    # the dev choice picked the headline clamp, and only its gated versions were scored on test
+    choice = json.loads(next(out.glob("choice-*/choice.json")).read_text())
+    assert all(choice["clamp"] in g for g in gated)
+    derived = json.loads((report / "derived.json").read_text())
+    gain = next(d for d in derived if d["condition"] == choice["clamp"])["safety_gain"]
+    assert gain["method"].startswith("Tango")
     assert bool(list(out.glob("gate_probe-*/probe.safetensors"))) == with_data
-    gates = {r["condition"] for r in rows if r["kind"] == "conditional"}
-    assert gates
-    manifest = json.loads(next(out.glob("harvest-*/manifest.json")).read_text())
-    assert all("n_chat" in s for s in manifest["shards"]) and sum(s["n_chat"] for s in manifest["shards"]) > 0
-    metrics_json = json.loads(next(out.glob("sae_metrics-*/sae_metrics.json")).read_text())
-    assert metrics_json["spliced"]["spliced_frac"] <= metrics_json["spliced_all_positions"]["spliced_frac"] == 1.0
     # a second run is served from the stage caches
-    stamps = {p: p.stat().st_mtime_ns for p in Path(cfg.out_dir).glob("*/stage.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}
     run_study(tiny_lm, cfg)
-    assert {p: p.stat().st_mtime_ns for p in Path(cfg.out_dir).glob("*/stage.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")} == stamps

@@ -1,7 +1,9 @@
 """Chat data for harvesting: prompts in the chat template with the model's own responses.
 
 Responses are generated once and cached in a JSONL file (one conversation a line, appended batch by
-batch, so an interrupted run resumes where it stopped).
+batch, so an interrupted run resumes where it stopped). A kill mid-write can leave a torn last line;
+before appending, the file is cut back to its last complete line, so the next record starts on a line
+of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ def read_chat_file(path: str | Path) -> list[list[dict[str, str]]]:
     return convs
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Cut ``path`` back to its last newline if its last line is incomplete; returns the bytes removed.
+
+    A last line without its newline that still parses as a full row is completed with the newline instead.
+    """
+    with open(path, "r+b") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        cut = data.rfind(b"\n") + 1
+        try:
+            complete = isinstance(json.loads(data[cut:]).get("messages"), list)
+        except (ValueError, AttributeError):
+            complete = False
+        if complete:
+            fh.write(b"\n")
+            return 0
+        fh.truncate(cut)
+        return len(data) - cut
+
+
 def build_chat_data(
     model: Any,
     tokenizer: Any,
@@ -51,6 +74,7 @@ def build_chat_data(
     out.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, list[dict[str, str]]] = {}
     if out.is_file():
+        drop_torn_tail(out)
         for conv in read_chat_file(out):
             done[conv[0]["content"]] = conv
     todo = [p for p in dict.fromkeys(prompts) if p not in done]
@@ -60,7 +84,7 @@ def build_chat_data(
     for start in range(0, len(todo), gen_cfg.batch_size):
         batch = todo[start : start + gen_cfg.batch_size]
         outs = generate(model, tokenizer, batch, gen_cfg)
-        with open(out, "a", encoding="utf-8") as fh:  # append-only: a torn last line is skipped on resume
+        with open(out, "a", encoding="utf-8") as fh:  # append-only; a torn tail is cut on resume
             for prompt, resp in zip(batch, outs, strict=True):
                 conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": resp}]
                 done[prompt] = conv

@@ -3,7 +3,10 @@
 A source yields token-id sequences of exactly ``context_len`` tokens. Corpus texts are tokenized
 without special tokens, joined with the EOS token and cut into fixed windows. Chat data are
 conversations rendered with the chat template (prompt and the model's own response), one per window,
-truncated to ``context_len`` (shorter ones are left as they are and padded by the harvester).
+truncated to ``context_len`` (shorter ones are left as they are and padded by the harvester). Every
+chat token carries a kind: ``CHAT`` inside a message's content, ``TEMPLATE`` for what the template adds
+(role markers, ``<|im_start|>``, the default system prompt); corpus tokens are ``CORPUS``, special
+tokens (e.g. the EOS joining documents) ``TEMPLATE``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from saesteer.errors import SaesteerError
+
+T = TypeVar("T")
+CORPUS, CHAT, TEMPLATE = 0, 1, 2
+KIND_NAMES = ("corpus", "chat", "template")
 
 
 def iter_texts(path: str | Path, text_key: str = "text") -> Iterator[str]:
@@ -113,25 +120,59 @@ def pack_tokens(tokenizer: Any, texts: Iterable[str], context_len: int, batch_do
         yield from flush()
 
 
+def content_spans(text: str, conv: Sequence[dict[str, str]]) -> list[tuple[int, int]]:
+    """Character spans of each message's content inside the rendered ``text``, found in order."""
+    spans, pos = [], 0
+    for msg in conv:
+        content = str(msg.get("content", ""))
+        at = text.find(content, pos) if content else -1
+        if at >= 0:
+            spans.append((at, at + len(content)))
+            pos = at + len(content)
+    return spans
+
+
+def token_kinds(tokenizer: Any, text: str, conv: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids of a rendered conversation and each token's kind (``CHAT`` or ``TEMPLATE``).
+
+    A token is content when it starts inside a message's content span; special tokens are always template.
+    Tokenizers without offsets (slow ones) label every non-special token as content.
+    """
+    special = set(tokenizer.all_special_ids)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, ValueError, KeyError):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids, [TEMPLATE if t in special else CHAT for t in ids]
+    spans = content_spans(text, conv)
+    kinds = []
+    for tok, (start, _) in zip(enc["input_ids"], offsets, strict=True):
+        inside = any(a <= start < b for a, b in spans)
+        kinds.append(CHAT if inside and tok not in special else TEMPLATE)
+    return list(enc["input_ids"]), kinds
+
+
 def chat_windows(
     tokenizer: Any, conversations: Iterable[list[dict[str, str]]], context_len: int
-) -> Iterator[list[int]]:
-    """Render full conversations (prompt + response) with the chat template; one window each, truncated."""
+) -> Iterator[tuple[list[int], list[int]]]:
+    """Full conversations (prompt + response) in the chat template, one window each, truncated: (ids, kinds)."""
     for conv in conversations:
         text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        yield ids[:context_len]
+        ids, kinds = token_kinds(tokenizer, text, conv)
+        yield ids[:context_len], kinds[:context_len]
 
 
-def mix(primary: Iterator[list[int]], secondary: list[list[int]], fraction: float, seed: int) -> Iterator[list[int]]:
+def mix(primary: Iterator[T], secondary: list[T], fraction: float, seed: int) -> Iterator[T]:
     """Interleave windows: about ``fraction`` of them come from ``secondary`` (cycled, reshuffled each pass)."""
     if fraction <= 0 or not secondary:
-        yield from primary
+        for window in primary:  # not `yield from`: closing this generator must leave ``primary`` open
+            yield window
         return
     if fraction >= 1:
         raise SaesteerError("chat fraction must be < 1 (the corpus carries the rest)")
     rng = random.Random(seed)
-    pool: list[list[int]] = []
+    pool: list[T] = []
     acc = 0.0
     for window in primary:
         yield window

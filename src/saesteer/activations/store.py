@@ -3,7 +3,9 @@
 Layout of a cache folder::
 
     manifest.json          model, hook point, d_model, sources, token counts, shard list (size + sha256)
-    shard_00000.safetensors  {"acts": bf16 [n_tokens, d_model]}  (shard 0 is the held-out split)
+    shard_00000.safetensors  {"acts": bf16 [n_tokens, d_model], "kind": uint8 [n_tokens] (0 corpus, 1 chat
+                             content, 2 chat template), "is_chat": uint8 (kind != 0), "window": int64 [n_tokens]
+                             (index of the token's window in the harvest order)}  (shard 0: the held-out split)
     shard_00001.safetensors  ...
 
 Every shard and the manifest are written atomically; a shard listed in the manifest is complete. A
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 
 from saesteer.config import atomic_write_bytes, atomic_write_json
 from saesteer.errors import SaesteerError
@@ -34,15 +36,24 @@ def shard_name(i: int) -> str:
 SOURCES = ("all", "corpus", "chat")
 
 
-def write_shard(folder: Path, index: int, acts: torch.Tensor, is_chat: torch.Tensor | None = None) -> dict[str, Any]:
+def write_shard(
+    folder: Path, index: int, acts: torch.Tensor, kind: torch.Tensor | None = None, window: torch.Tensor | None = None
+) -> dict[str, Any]:
     """Write one shard atomically; return its manifest entry.
 
-    ``is_chat`` (bool, one per token) records which tokens came from chat windows, so a later run can train
-    on the corpus tokens alone (``ActivationStore(path, source="corpus")``).
+    ``kind`` (one per token: 0 corpus, 1 chat content, 2 chat template; a bool tensor means chat or not)
+    lets a later run train on one source alone (``ActivationStore(path, source="corpus")``) or measure
+    each kind apart; ``window`` records each token's window index.
     """
     tensors = {"acts": acts.to(torch.bfloat16).contiguous()}
-    if is_chat is not None:
+    is_chat = None
+    if kind is not None:
+        is_chat = kind if kind.dtype == torch.bool else kind != 0
         tensors["is_chat"] = is_chat.to(torch.uint8).contiguous()
+        if kind.dtype != torch.bool:
+            tensors["kind"] = kind.to(torch.uint8).contiguous()
+    if window is not None:
+        tensors["window"] = window.to(torch.int64).contiguous()
     data = save(tensors)
     atomic_write_bytes(folder / shard_name(index), data)
     entry: dict[str, Any] = {
@@ -53,6 +64,8 @@ def write_shard(folder: Path, index: int, acts: torch.Tensor, is_chat: torch.Ten
     }
     if is_chat is not None:
         entry["n_chat"] = int(is_chat.sum())
+    if "kind" in tensors:
+        entry["n_template"] = int((tensors["kind"] == 2).sum())
     return entry
 
 
@@ -140,8 +153,6 @@ class ActivationStore:
             raise SaesteerError(
                 f"shard {f} is corrupt (size or checksum differ); rerun `saesteer harvest` to rebuild it"
             )
-        from safetensors.torch import load
-
         tensors = load(data)
         if self.source == "all" or entry is self.held_out_shards[0]:
             return tensors["acts"]
@@ -152,6 +163,16 @@ class ActivationStore:
         """Held-out tokens (shard 0), never used for training."""
         acts = self.load_shard(self.held_out_shards[0])
         return acts if n_tokens is None else acts[:n_tokens]
+
+    def held_out_kinds(self, n_tokens: int | None = None) -> torch.Tensor | None:
+        """Kind of each held-out token (0 corpus, 1 chat content, 2 chat template), or None if not recorded."""
+        entry = self.held_out_shards[0]
+        self.load_shard(entry)  # verifies size and checksum
+        tensors = load((self.path / entry["file"]).read_bytes())
+        kind = tensors.get("kind")
+        if kind is None and "is_chat" in tensors:
+            kind = tensors["is_chat"]
+        return None if kind is None else (kind if n_tokens is None else kind[:n_tokens])
 
     def batches(
         self,

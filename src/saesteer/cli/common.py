@@ -1,41 +1,145 @@
-"""Shared CLI helpers: model options, config-file loading, resolved-config writing."""
+"""Command parsing: one nested dataclass config tree per command, set from a file and from flags.
+
+Why tyro: it turns nested dataclasses into flat, dashed flags (``--max-new-tokens``, ``--no-spliced``)
+with ``arg(name="")`` on a section, reads each field's ``metadata["help"]`` (our :func:`saesteer.config.opt`)
+as the ``--help`` text, and takes a ready config as ``default=`` so a file's values show in ``--help``.
+jsonargparse reads files natively but spells flags ``--section.field_name``; simple_parsing's
+config-file loading does not reject unknown keys. Files are read by :func:`saesteer.config.read_config_file`
+and applied strictly by :func:`saesteer.config.merge_config` (unknown key -> one-line error).
+
+Precedence: field defaults (or a profile's) < ``--config FILE`` < flags. Every user error, including
+tyro's (unknown flag, bad value), becomes one ``saesteer: error: ...`` line and exit code 2.
+"""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import dataclasses
+import io
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from saesteer.config import add_dataclass_args, atomic_write_json, build_config, config_to_dict, read_config_file
-from saesteer.model.loading import LoadedModel, ModelConfig, load
+import tyro
 
-T = TypeVar("T")
+from saesteer.config import atomic_write_json, config_to_dict, merge_config, read_config_file
+from saesteer.errors import SaesteerError
 
+# Annotate a section of a command tree with this to drop its prefix from the flags (--dtype, not --model.dtype).
+FLAT = tyro.conf.arg(name="")
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --dtype, --device, --cache-dir, --trust-remote-code."""
-    add_dataclass_args(parser, ModelConfig)
-
-
-def add_config_file_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
+CONFIG_HELP = "--config FILE (.toml, .yaml or .json; the same nested shape as the options) sets any option; flags win."
 
 
-def model_from_args(args: argparse.Namespace) -> LoadedModel:
-    """Load the model named by the parsed model options."""
-    return load(build_config(ModelConfig, None, args))
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its name (``"model info"``), one-line help, config tree and runner ``run(cfg) -> int``."""
+
+    name: str
+    help: str
+    config: type
+    run: Callable[[Any], int]
+    description: str = ""
+    markers: tuple[Any, ...] = ()
+    # optional: the default tree from a profile name (read from --profile or the file's ``profile_key``)
+    profile: Callable[[str | None], Any] | None = None
+    profile_key: tuple[str, ...] = ()
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, section: str | None = None) -> T:
-    """Build a stage config from defaults, ``--config`` (optionally one section of it) and flags."""
-    file_values: dict[str, Any] = read_config_file(getattr(args, "config", None))
-    if section is not None:
-        file_values = file_values.get(section, {})
-    names = {f for f in cls.__dataclass_fields__}  # type: ignore[attr-defined]
-    file_values = {k: v for k, v in file_values.items() if k.replace("-", "_") in names}
-    return build_config(cls, file_values, args)
+def _pop_option(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    """Remove ``flag VALUE`` / ``flag=VALUE`` from argv; return (rest, last value)."""
+    rest: list[str] = []
+    value: str | None = None
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg == flag:
+            if i + 1 >= len(argv):
+                raise SaesteerError(f"{flag} needs a value")
+            value = argv[i + 1]
+            next(it, None)
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, value
 
 
-def write_resolved_config(out_dir: str | Path, **configs: Any) -> None:
-    """Write ``resolved_config.json`` with every stage config next to a run's outputs."""
-    atomic_write_json(Path(out_dir) / "resolved_config.json", {k: config_to_dict(v) for k, v in configs.items()})
+def _peek_option(argv: Sequence[str], flag: str) -> str | None:
+    return _pop_option(list(argv), flag)[1]
+
+
+def _dig(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def default_tree(cmd: Command, argv: Sequence[str], file_values: dict[str, Any], source: str) -> Any:
+    """The command's config before flags: defaults (or the profile's), then the file's values."""
+    if cmd.profile is not None:
+        name = _peek_option(argv, "--" + cmd.profile_key[-1].replace("_", "-")) or _dig(file_values, cmd.profile_key)
+        base = cmd.profile(None if name is None else str(name))
+    else:
+        base = cmd.config()
+    return merge_config(base, file_values, source)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BOX = re.compile(r"[╭╮╰╯│─┌┐└┘├┤]")
+
+
+def one_line(tyro_error: str) -> str:
+    """tyro's boxed error message as one line: its first paragraph, plus a 'did you mean' when it has one."""
+    blocks: list[list[str]] = [[]]
+    for raw in _ANSI.sub("", tyro_error).splitlines():
+        if re.fullmatch(r"[\s│]*─{3,}[\s│]*", raw):  # a rule inside the box separates paragraphs
+            blocks.append([])
+            continue
+        line = _BOX.sub(" ", raw).strip()
+        if line:
+            blocks[-1].append(line)
+    blocks = [b for b in blocks if b]
+    if not blocks:
+        return "bad command line; see --help"
+    head = blocks[0][1:] if len(blocks[0]) > 1 else blocks[0]  # the first line is the box title
+    msg = " ".join(head)
+    hints = [b for b in blocks[1:] if b[0].lower().startswith(("perhaps you meant", "arguments similar"))]
+    if hints:
+        flags = [tok for line in hints[0][1:] for tok in line.split() if tok.startswith("--")]
+        if flags:
+            msg += f" (did you mean {flags[0]}?)"
+    return re.sub(r"\s+", " ", msg).strip()
+
+
+def parse(cmd: Command, argv: Sequence[str]) -> Any:
+    """Parse ``argv`` (the words after the command name) into ``cmd``'s config tree."""
+    rest, config_path = _pop_option(list(argv), "--config")
+    file_values = read_config_file(config_path) if config_path else {}
+    default = default_tree(cmd, rest, file_values, config_path or "defaults")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.cli(
+                cmd.config,
+                args=rest,
+                default=default,
+                prog=f"saesteer {cmd.name}",
+                description=f"{cmd.description or cmd.help}\n\n{CONFIG_HELP}",
+                config=cmd.markers,
+            )
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        raise SaesteerError(one_line(err.getvalue())) from None
+
+
+def write_resolved_config(out_dir: str | Path, cfg: Any) -> None:
+    """Write ``resolved_config.json``: every option of the command's config tree, next to its outputs."""
+    atomic_write_json(Path(out_dir) / "resolved_config.json", config_to_dict(cfg))

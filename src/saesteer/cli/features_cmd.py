@@ -2,23 +2,35 @@
 
 ``find-features`` runs the refusal-feature discovery (:mod:`saesteer.features.pipeline`) and writes
 ``features.json``, ``features.md`` and ``features.html`` to ``--out``; rerunning it resumes from
-``OUT/checkpoint.json``. ``feature show ID`` prints one feature's top contexts, activation histogram
+``OUT/stages/``. ``feature show ID`` prints one feature's top contexts, activation histogram
 and logit lens, from a discovery run's contexts (``--run``) or freshly encoded corpus windows.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from saesteer.cli.common import add_model_args, config_from_args, model_from_args, write_resolved_config
-from saesteer.config import add_dataclass_args, atomic_write_text, build_config, opt
+import tyro
+
+from saesteer.cli.common import FLAT, Command, write_resolved_config
+from saesteer.config import atomic_write_text, opt
 from saesteer.errors import SaesteerError
 from saesteer.features.config import FindFeaturesConfig
-from saesteer.model.loading import ModelConfig
+from saesteer.model.loading import ModelConfig, load
 from saesteer.sae.base import SAE
+
+
+@dataclass
+class FindFeaturesCommand:
+    """Find refusal features: candidates from the model's own refusals, contrastive / direction / attribution
+    rankers, a causal screen by clamping (cheap one-pass refusal score, then generation + judge for the best few),
+    a control feature and feature cards. Resumable."""
+
+    model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
+    find_features: Annotated[FindFeaturesConfig, FLAT] = field(default_factory=FindFeaturesConfig)
 
 
 @dataclass
@@ -39,32 +51,13 @@ class FeatureShowConfig:
     seed: int = opt(0, "seed of the corpus sample")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "find-features",
-        help="find SAE features that steer refusal (paper's search + rankers + causal screen)",
-        description="Find refusal features: candidates from the model's own refusals, contrastive / direction / "
-        "attribution rankers, a causal screen by clamping (cheap one-pass refusal score, then generation "
-        "+ judge for the best few), a control feature and feature cards. Resumable.",
-    )
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    add_dataclass_args(p, FindFeaturesConfig)
-    add_model_args(p)
-    p.set_defaults(func=run_find)
+@dataclass
+class FeatureShowCommand:
+    """Show a feature's top-activating contexts (profanity masked), activation density histogram and logit lens."""
 
-    f = sub.add_parser("feature", help="inspect one SAE feature", description="Inspect one SAE feature.")
-    fsub = f.add_subparsers(dest="feature_command", metavar="ACTION")
-    s = fsub.add_parser(
-        "show",
-        help="top contexts, activation histogram and logit lens of a feature",
-        description="Show a feature's top-activating contexts (profanity masked), activation density "
-        "histogram and logit lens.",
-    )
-    s.add_argument("feature_id", type=int, metavar="ID", help="feature index")
-    add_dataclass_args(s, FeatureShowConfig)
-    add_model_args(s)
-    s.set_defaults(func=run_show)
-    f.set_defaults(func=lambda _a: (f.print_help(), 2)[1])
+    feature_id: tyro.conf.Positional[int | None] = opt(None, "feature index")
+    model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
+    show: Annotated[FeatureShowConfig, FLAT] = field(default_factory=FeatureShowConfig)
 
 
 def _load_sae(path: str) -> SAE:
@@ -75,22 +68,23 @@ def _load_sae(path: str) -> SAE:
     return load_sae(path)
 
 
-def run_find(args: argparse.Namespace) -> int:
+def run_find(command: FindFeaturesCommand) -> int:
     from saesteer.features.pipeline import find_features
 
-    cfg = config_from_args(FindFeaturesConfig, args, section="find_features")
+    cfg = command.find_features
     cfg.validate()
     sae = _load_sae(cfg.sae)
-    model_cfg = build_config(ModelConfig, None, args)
-    lm = model_from_args(args)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_resolved_config(cfg.out, model=model_cfg, find_features=cfg)
+    lm = load(command.model)
+    write_resolved_config(cfg.out, command)
     report = find_features(lm.model, lm.tokenizer, sae, cfg, model_name=lm.spec)
-    ch, ctl = report["chosen"], report["control"]
+    ch = report.chosen
+    if ch is None:
+        raise SaesteerError(f"no feature chosen (status {report.status}); see {Path(cfg.out) / 'features.md'}")
+    d, lo, hi = ch.gain
     print(
-        f"chosen feature {ch['feature']} (clamp {ch['value']:.3f}): harmful refusal {ch['harmful']['rate']:.1%} "
-        f"(gain {ch['gain']['d']:+.1%} [{ch['gain']['lo']:+.1%}, {ch['gain']['hi']:+.1%}]), harmless "
-        f"{ch['harmless']['rate']:.1%}; control feature {ctl['feature'] if ctl else None}"
+        f"chosen feature {ch.feature} (clamp {ch.value:.3f}): harmful refusal {ch.harmful.rate:.1%} "
+        f"(gain {d:+.1%} [{lo:+.1%}, {hi:+.1%}]), harmless {ch.harmless.rate:.1%}; "
+        f"control feature {report.control_feature}"
     )
     return 0
 
@@ -117,13 +111,15 @@ def _corpus_texts(cfg: FeatureShowConfig) -> list[str]:
     return texts
 
 
-def run_show(args: argparse.Namespace) -> int:
+def run_show(command: FeatureShowCommand) -> int:
     from saesteer.features.contexts import FILE, ContextStore, build_store, corpus_rows, sae_fingerprint
     from saesteer.features.interpret import cards_html, describe_feature
 
-    cfg = build_config(FeatureShowConfig, None, args)
+    cfg = command.show
+    if command.feature_id is None:
+        raise SaesteerError("no feature given; pass its index, e.g. saesteer feature show 1234 --sae DIR")
     sae = _load_sae(cfg.sae)
-    fid = int(args.feature_id)
+    fid = command.feature_id
     d_sae = sae.d_sae
     if not 0 <= fid < d_sae:
         raise SaesteerError(f"feature {fid} out of range; this SAE has features 0..{d_sae - 1}")
@@ -134,7 +130,7 @@ def run_show(args: argparse.Namespace) -> int:
         if store.fingerprint and store.fingerprint != sae_fingerprint(sae):
             raise SaesteerError(f"{path} was built with another SAE; pass the run's SAE or drop --run")
     texts = _corpus_texts(cfg) if store is None else []
-    lm = model_from_args(args)
+    lm = load(command.model)
     sae = sae.to(lm.device)
     if store is None:
         rows = corpus_rows(lm.tokenizer, texts, cfg.context_len, cfg.n_windows)
@@ -148,3 +144,14 @@ def run_show(args: argparse.Namespace) -> int:
     if cfg.markdown:
         atomic_write_text(cfg.markdown, card.to_markdown())
     return 0
+
+
+COMMANDS = [
+    Command(
+        "find-features",
+        "find SAE features that steer refusal (paper's search + rankers + causal screen)",
+        FindFeaturesCommand,
+        run_find,
+    ),
+    Command("feature show", "top contexts, activation histogram and logit lens of a feature", FeatureShowCommand, run_show),
+]

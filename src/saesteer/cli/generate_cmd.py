@@ -1,92 +1,69 @@
-"""``saesteer generate``: chat completions for prompts, optionally steered (see ``--help``)."""
+"""``saesteer generate``: chat completions for prompts, optionally steered (base and steered side by side).
+
+Examples::
+
+    saesteer generate "How do I pick a lock?" --sae runs/sae --clamp 1234=10 --positions all
+    saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate feature:77>3.2
+    saesteer generate "Write a poem" --direction refusal.safetensors --add-direction 4.0
+    saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate direction \\
+        --direction r.safetensors --gate-calibrate harmless_dev.txt --gate-fpr 0.05
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from saesteer.cli.common import add_model_args, config_from_args, model_from_args
-from saesteer.config import add_dataclass_args
+import tyro
+
+from saesteer.cli.common import FLAT, Command
+from saesteer.cli.show import print_plain, print_steered
+from saesteer.config import opt
 from saesteer.errors import SaesteerError
 from saesteer.model.generation import GenerationConfig, generate
+from saesteer.model.loading import ModelConfig, load
+from saesteer.steering.engine import Steering
+from saesteer.steering.spec import SteeringSpec, read_prompt_file
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate",
-        help="generate chat completions",
-        description="Generate chat completions for prompts (batched, left-padded, KV cache).",
-    )
-    p.add_argument("prompts", nargs="*", help="user prompts (or use --prompts-file)")
-    p.add_argument("--prompts-file", help="a .txt file (one prompt a line) or .jsonl ({'prompt'} or {'messages'})")
-    p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    add_model_args(p)
-    add_dataclass_args(p, GenerationConfig)
-    hook = _steering_register()
-    if hook is not None:
-        hook(p)
-    p.set_defaults(func=run)
+@dataclass
+class GenerateCommand:
+    """Generate chat completions for prompts (batched, left-padded, KV cache); steer them with --sae/--direction."""
+
+    prompts: tyro.conf.Positional[list[str]] = opt([], "user prompts (or use --prompts-file)")
+    prompts_file: str | None = opt(None, "a .txt file (one prompt a line) or .jsonl ({'prompt'} or {'messages'})")
+    json: bool = opt(False, "print JSON lines instead of text")
+    layout: Literal["columns", "stacked"] = opt("columns", "steered output: columns (side by side) or stacked")
+    model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
+    generation: Annotated[GenerationConfig, FLAT] = field(default_factory=GenerationConfig)
+    # steering lists are repeatable flags: --clamp 1=5 --clamp 7=2
+    steering: Annotated[SteeringSpec, FLAT, tyro.conf.UseAppendAction] = field(default_factory=SteeringSpec)
 
 
-def _steering_register() -> Any:
-    try:
-        from saesteer.steering.cli_options import add_steering_args
-    except ModuleNotFoundError:
-        return None
-    return add_steering_args
-
-
-def read_prompts(args: argparse.Namespace) -> list[Any]:
-    """Prompts from positional args and/or --prompts-file."""
-    prompts: list[Any] = list(args.prompts)
-    if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise SaesteerError(f"prompts file {path} not found; pass an existing .txt or .jsonl file")
-        if path.suffix == ".jsonl":
-            for n, line in enumerate(path.read_text().splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise SaesteerError(f"{path}:{n} is not valid JSON; one JSON object per line") from None
-                if "messages" in row:
-                    prompts.append(row["messages"])
-                elif "prompt" in row:
-                    prompts.append(row["prompt"])
-                else:
-                    raise SaesteerError(f"{path}:{n} has neither 'prompt' nor 'messages'; add one of them")
-        else:
-            prompts.extend(line for line in path.read_text().splitlines() if line.strip())
+def prompts_of(cfg: GenerateCommand) -> list[Any]:
+    prompts: list[Any] = list(cfg.prompts)
+    if cfg.prompts_file:
+        prompts += read_prompt_file(cfg.prompts_file)
     if not prompts:
         raise SaesteerError("no prompts given; pass prompts as arguments or with --prompts-file")
     return prompts
 
 
-def run(args: argparse.Namespace) -> int:
-    prompts = read_prompts(args)
-    gen_cfg = config_from_args(GenerationConfig, args)
-    lm = model_from_args(args)
-    try:
-        from saesteer.steering.cli_options import steered_generate
-    except ModuleNotFoundError:
-        steered_generate = None  # type: ignore[assignment]
-    if steered_generate is not None:
-        handled = steered_generate(lm, prompts, gen_cfg, args)
-        if handled:
-            return 0
-    outs = generate(lm.model, lm.tokenizer, prompts, gen_cfg, progress=len(prompts) > gen_cfg.batch_size)
-    for prompt, out in zip(prompts, outs, strict=True):
-        if args.json:
-            print(json.dumps({"prompt": prompt, "completion": out}))
-        else:
-            print(f"### prompt: {prompt if isinstance(prompt, str) else prompt[-1]['content']}")
-            print(out)
-            print()
-    sys.stdout.flush()
+def run(cfg: GenerateCommand) -> int:
+    prompts = prompts_of(cfg)
+    cfg.steering.check()
+    lm = load(cfg.model)
+    gen = cfg.generation
+    progress = len(prompts) > gen.batch_size
+    steering = Steering.from_spec(lm.model, cfg.steering, lm.tokenizer, gen.system_prompt) if cfg.steering.active else None
+    base = generate(lm.model, lm.tokenizer, prompts, gen, progress=progress, desc="base")
+    if steering is None:
+        print_plain(prompts, base, cfg.json)
+        return 0
+    with steering.apply():
+        steered = generate(lm.model, lm.tokenizer, prompts, gen, progress=progress, desc="steered")
+    print_steered(lm, prompts, base, steered, steering.gate, gen, cfg.json, cfg.layout)
     return 0
+
+
+COMMANDS = [Command("generate", "generate chat completions, optionally steered", GenerateCommand, run, __doc__ or "")]

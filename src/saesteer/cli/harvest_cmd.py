@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from saesteer.activations.chat import build_chat_data, read_chat_file
 from saesteer.activations.harvest import HarvestConfig, harvest
-from saesteer.cli.common import add_model_args, config_from_args, model_from_args, write_resolved_config
-from saesteer.config import add_dataclass_args
+from saesteer.cli.common import FLAT, Command, write_resolved_config
+from saesteer.config import opt
 from saesteer.errors import SaesteerError
 from saesteer.model.generation import GenerationConfig
+from saesteer.model.loading import ModelConfig, load
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "harvest",
-        help="harvest activations into an on-disk cache",
-        description="Harvest activations at one hook point with the truncated forward into "
-        "bf16 shards + manifest. Rerunning resumes a partial harvest.",
+@dataclass
+class HarvestCommand:
+    """Harvest activations at one hook point into bf16 shards + manifest; rerunning resumes a partial harvest."""
+
+    chat_prompts: list[str] = opt(
+        [],
+        "prompt sets SET[:N] whose chat conversations (with the model's own responses, generated once and cached "
+        "in OUT_DIR/chat.jsonl) are mixed in, e.g. donotanswer:300 alpaca:300",
     )
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    p.add_argument(
-        "--chat-prompts",
-        nargs="+",
-        metavar="SET[:N]",
-        default=None,
-        help="prompt sets whose chat conversations (with the model's own responses, generated once and "
-        "cached in OUT_DIR/chat.jsonl) are mixed in, e.g. donotanswer:300 alpaca:300",
-    )
-    p.add_argument(
-        "--data-dir", help="data directory for --chat-prompts (default: $SAESTEER_DATA_DIR or ../shared/data)"
-    )
-    p.add_argument("--chat-max-new-tokens", type=int, default=48, help="response length for chat data (default: 48)")
-    add_model_args(p)
-    add_dataclass_args(p, HarvestConfig)
-    p.set_defaults(func=run)
+    data_dir: str | None = opt(None, "data directory for --chat-prompts (default: $SAESTEER_DATA_DIR or ../shared/data)")
+    chat_max_new_tokens: int = opt(48, "response length for chat data")
+    model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
+    harvest: Annotated[HarvestConfig, FLAT] = field(default_factory=HarvestConfig)
 
 
 def chat_prompts(specs: list[str], data_dir: str | None, seed: int) -> list[str]:
@@ -52,26 +44,21 @@ def chat_prompts(specs: list[str], data_dir: str | None, seed: int) -> list[str]
     return texts
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(HarvestConfig, args)
-    lm = model_from_args(args)
-    chat = []
-    if args.chat_prompts:
-        prompts = chat_prompts(args.chat_prompts, args.data_dir, cfg.seed)
-        chat_file = Path(cfg.out_dir) / "chat.jsonl"
-        chat = build_chat_data(
-            lm.model,
-            lm.tokenizer,
-            prompts,
-            chat_file,
-            GenerationConfig(max_new_tokens=args.chat_max_new_tokens, batch_size=16),
-        )
-        cfg.chat_file = str(chat_file)
-    elif cfg.chat_file:
-        chat = read_chat_file(cfg.chat_file)
-    if not cfg.corpus and not chat:
+def run(cfg: HarvestCommand) -> int:
+    hc = cfg.harvest
+    if not hc.corpus and not cfg.chat_prompts and not hc.chat_file:
         raise SaesteerError("nothing to harvest; pass --corpus FILE and/or --chat-prompts SET[:N]")
-    out = harvest(lm.model, lm.tokenizer, cfg, lm.spec, chat=chat)
-    write_resolved_config(out, harvest=cfg)
+    prompts = chat_prompts(cfg.chat_prompts, cfg.data_dir, hc.seed) if cfg.chat_prompts else []
+    chat = read_chat_file(hc.chat_file) if hc.chat_file and not prompts else []
+    lm = load(cfg.model)
+    if prompts:
+        hc.chat_file = str(Path(hc.out_dir) / "chat.jsonl")
+        gen = GenerationConfig(max_new_tokens=cfg.chat_max_new_tokens, batch_size=16)
+        chat = build_chat_data(lm.model, lm.tokenizer, prompts, hc.chat_file, gen)
+    out = harvest(lm.model, lm.tokenizer, hc, lm.spec, chat=chat)
+    write_resolved_config(out, cfg)
     print(f"activations in {out}")
     return 0
+
+
+COMMANDS = [Command("harvest", "harvest activations into an on-disk cache", HarvestCommand, run)]

@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from saesteer.cli.common import add_model_args, config_from_args, model_from_args
-from saesteer.config import add_dataclass_args
+from saesteer.cli.common import FLAT, Command
+from saesteer.model.loading import ModelConfig, load
 from saesteer.study.config import StudyConfig
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help="the whole study: harvest, SAE, features, sweep, evaluation, report",
-        description="Run the study end to end (harvest -> train SAE -> find features -> sweep -> evaluate -> "
-        "report). Every stage is cached by its inputs under --out-dir; rerunning resumes.",
-    )
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    add_model_args(p)
-    add_dataclass_args(p, StudyConfig)
-    p.set_defaults(func=run)
+@dataclass
+class ReproduceCommand:
+    """Run the study end to end (harvest -> train SAE -> find features -> sweep -> evaluate -> report). Every
+    stage is cached by its inputs under --out-dir; rerunning resumes. --profile picks the defaults of every size."""
+
+    model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
+    study: Annotated[StudyConfig, FLAT] = field(default_factory=StudyConfig)
 
 
-def run(args: argparse.Namespace) -> int:
+def from_profile(profile: str | None) -> ReproduceCommand:
+    """The command's defaults under a profile (``cpu`` when none is named)."""
+    return ReproduceCommand(study=StudyConfig.from_profile(profile or "cpu"))
+
+
+def run(cfg: ReproduceCommand) -> int:
     from saesteer.study.run import run_study
 
-    cfg = config_from_args(StudyConfig, args)
-    cfg.resolved()  # validate the profile before loading the model
-    lm = model_from_args(args)
-    run_study(lm, cfg)
+    cfg.study.validate()  # before the model loads
+    run_study(load(cfg.model), cfg.study)
     return 0
+
+
+COMMANDS = [
+    Command(
+        "reproduce",
+        "the whole study: harvest, SAE, features, sweep, evaluation, report",
+        ReproduceCommand,
+        run,
+        profile=from_profile,
+        profile_key=("study", "profile"),
+    )
+]

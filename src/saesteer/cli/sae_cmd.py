@@ -10,21 +10,20 @@ with ``--model``, CE / KL with the SAE spliced into the model on corpus texts.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
 import sys
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 
-from saesteer.cli.common import add_model_args, config_from_args, write_resolved_config
-from saesteer.config import add_dataclass_args, atomic_write_json, build_config, opt
+from saesteer.cli.common import FLAT, Command, write_resolved_config
+from saesteer.config import atomic_write_json, opt
 from saesteer.errors import SaesteerError
 from saesteer.model.loading import ModelConfig
 from saesteer.sae.train import TrainConfig, train_sae
@@ -32,36 +31,18 @@ from saesteer.sae.train import TrainConfig, train_sae
 CORPUS_REL = "corpus/english_mix_corpus.jsonl.gz"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train-sae",
-        help="train a Top-k SAE on an activation cache",
-        description="Train a Top-k SAE (AuxK, unit-norm decoder, sparse kernels) on a harvested "
-        "activation cache; checkpoints every N steps and resumes when rerun.",
-    )
-    p.add_argument("--acts", required=True, metavar="DIR", help="activation cache folder from `saesteer harvest`")
-    p.add_argument(
-        "--tokens-from",
-        choices=["all", "corpus", "chat"],
-        default="all",
-        help="train on all cached tokens, or only those harvested from corpus or from chat windows (default: all)",
-    )
-    p.add_argument("--expect-model", metavar="NAME", help="fail unless the cache was harvested from this model")
-    p.add_argument("--expect-hook", metavar="HOOK", help="fail unless the cache is at this hook point")
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    add_dataclass_args(p, TrainConfig)
-    p.set_defaults(func=run_train)
+@dataclass
+class TrainSaeCommand:
+    """Train a Top-k SAE (AuxK, unit-norm decoder, sparse kernels) on a harvested activation cache; checkpoints
+    every N steps and resumes when rerun. Under torchrun it trains data-parallel."""
 
-    e = sub.add_parser(
-        "sae-eval",
-        help="measure an SAE: FVU, L0, dead/dense, spliced CE and KL",
-        description="Evaluate an SAE folder (SAELens layout): reconstruction metrics on held-out "
-        "cache tokens and CE/KL with the SAE spliced into the model on corpus texts.",
+    acts: str | None = opt(None, "activation cache folder from `saesteer harvest` (required)")
+    tokens_from: Literal["all", "corpus", "chat"] = opt(
+        "all", "train on all cached tokens, or only those harvested from corpus or from chat windows"
     )
-    e.add_argument("--config", metavar="FILE", help="config file (.toml, .yaml or .json); flags override it")
-    add_dataclass_args(e, EvalConfig)
-    add_model_args(e)
-    e.set_defaults(func=run_eval)
+    expect_model: str | None = opt(None, "fail unless the cache was harvested from this model")
+    expect_hook: str | None = opt(None, "fail unless the cache is at this hook point")
+    train_sae: Annotated[TrainConfig, FLAT] = field(default_factory=TrainConfig)
 
 
 # ------------------------------------------------------------------------------------------------ train-sae
@@ -88,12 +69,14 @@ def _init_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(command: TrainSaeCommand) -> int:
     from saesteer.activations.store import ActivationStore
 
-    cfg = config_from_args(TrainConfig, args)
-    store = ActivationStore(args.acts, source=args.tokens_from)
-    store.check_matches(model=args.expect_model, hook_name=args.expect_hook)
+    if not command.acts:
+        raise SaesteerError("no activation cache given; pass --acts DIR (a folder from `saesteer harvest`)")
+    cfg = command.train_sae
+    store = ActivationStore(command.acts, source=command.tokens_from)
+    store.check_matches(model=command.expect_model, hook_name=command.expect_hook)
     model_name = str(store.manifest.get("model") or "")
     rank, world = _init_distributed(cfg.device)
     if cfg.batch_size % world:
@@ -108,11 +91,11 @@ def run_train(args: argparse.Namespace) -> int:
         )
     out = Path(cfg.out_dir)
     if rank == 0:
-        write_resolved_config(out, train_sae=cfg)
+        write_resolved_config(out, command)
     metadata = {
-        "activation_cache": str(Path(args.acts).resolve()),
+        "activation_cache": str(Path(command.acts).resolve()),
         "harvest_sources": store.manifest.get("sources"),
-        "tokens_from": args.tokens_from,
+        "tokens_from": command.tokens_from,
     }
     result = train_sae(
         cfg, lambda s: _rank_batches(store, cfg, rank, world, s), store.d_model,
@@ -184,12 +167,21 @@ def check_sae_model(sae: Any, d_model: int, model_spec: str, n_layers: int) -> N
         raise SaesteerError(f"SAE hook {sae.cfg.hook_name} is past this model's {n_layers} layers; wrong model")
 
 
-def run_eval(args: argparse.Namespace) -> int:
+@dataclass
+class SaeEvalCommand:
+    """Evaluate an SAE folder (SAELens layout): reconstruction metrics on held-out cache tokens and CE/KL with
+    the SAE spliced into the model on corpus texts."""
+
+    sae_eval: Annotated[EvalConfig, FLAT] = field(default_factory=EvalConfig)
+    model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
+
+
+def run_eval(command: SaeEvalCommand) -> int:
     from saesteer.model.adapter import ArchAdapter
     from saesteer.sae.io import load_sae
     from saesteer.sae.metrics import activation_metrics, combine_spliced, spliced_metrics
 
-    cfg = config_from_args(EvalConfig, args)
+    cfg, model_cfg = command.sae_eval, command.model
     if not cfg.sae:
         raise SaesteerError("no SAE given; pass --sae DIR (a folder with cfg.json and sae_weights.safetensors)")
     sae = load_sae(cfg.sae, dtype="float32")
@@ -204,7 +196,6 @@ def run_eval(args: argparse.Namespace) -> int:
         store = ActivationStore(cfg.acts)
         store.check_matches(model=sae.cfg.model_name or None, hook_name=sae.cfg.hook_name or None, d_model=sae.d_in)
         results["activations"] = activation_metrics(sae, [store.held_out(cfg.held_out_tokens)])
-    model_cfg = build_config(ModelConfig, None, args)
     if cfg.spliced:
         from saesteer.model.loading import load
 
@@ -229,6 +220,12 @@ def run_eval(args: argparse.Namespace) -> int:
         raise SaesteerError("nothing to measure; pass --acts DIR and/or keep --spliced with a --model")
     out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.sae).resolve().parent / "eval"
     atomic_write_json(out / "sae_eval.json", results)
-    write_resolved_config(out, sae_eval=cfg, model=model_cfg)
+    write_resolved_config(out, command)
     print(json.dumps(results, indent=2))
     return 0
+
+
+COMMANDS = [
+    Command("train-sae", "train a Top-k SAE on an activation cache", TrainSaeCommand, run_train),
+    Command("sae-eval", "measure an SAE: FVU, L0, dead/dense, spliced CE and KL", SaeEvalCommand, run_eval),
+]

@@ -11,60 +11,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.builtin import builtin_gsm8k, builtin_mmlu, builtin_truthfulqa
 from saesteer.evaluation.datafiles import data_dir_or_error, read_csv, read_json, read_jsonl, require_file, subsample
-
-
-@dataclass(frozen=True)
-class MCQuestion:
-    """A multiple-choice question (MMLU or the built-in suite); ``answer`` indexes ``choices``."""
-
-    id: str
-    question: str
-    choices: list[str]
-    answer: int
-    subject: str
-    source: str
-
-
-@dataclass(frozen=True)
-class MathProblem:
-    """A grade-school math word problem; ``answer`` is the final number as a string ("18", "-3.5")."""
-
-    id: str
-    question: str
-    answer: str
-    solution: str
-    source: str
-
-
-@dataclass(frozen=True)
-class TruthfulQAItem:
-    """A TruthfulQA multiple-choice item: MC1 (one true answer) and MC2 (several true answers) targets."""
-
-    id: str
-    question: str
-    mc1_choices: list[str]
-    mc1_labels: list[int]
-    mc2_choices: list[str]
-    mc2_labels: list[int]
-    source: str
-
-
-@dataclass(frozen=True)
-class FracturedItem:
-    """A FRACTURED-SORRY-Bench escalation: innocuous ``steps`` as successive turns, then ``original``."""
-
-    id: str
-    steps: list[str]
-    original: str | None
-    benign: bool
-    source: str
-
+from saesteer.evaluation.records import FracturedItem, MathProblem, MCQuestion, TruthfulQAItem
 
 # --- capability data -------------------------------------------------------------------------------------------
 
@@ -91,8 +44,6 @@ def load_mmlu(
     """MMLU questions from ``capability/mmlu/{split}/SUBJECT_{split}.csv`` (split test or dev), optionally of some
     subjects only, subsampled to ``n`` under ``seed``. ``builtin=True``: the built-in 20-question suite instead."""
     if builtin:
-        from saesteer.evaluation.builtin import builtin_mmlu
-
         return subsample(builtin_mmlu(), n, seed, "builtin_mc")
     if split not in ("test", "dev"):
         raise SaesteerError(f"MMLU split {split!r} unknown; use test or dev")
@@ -137,8 +88,6 @@ def load_gsm8k(
     """GSM8K problems from ``capability/gsm8k/{split}.jsonl`` (test or train; train serves few-shot examples).
     ``builtin=True``: the built-in 10-problem suite instead."""
     if builtin:
-        from saesteer.evaluation.builtin import builtin_gsm8k
-
         return subsample(builtin_gsm8k(), n, seed, "builtin_math")
     if split not in ("test", "train"):
         raise SaesteerError(f"GSM8K split {split!r} unknown; use test or train")
@@ -163,8 +112,6 @@ def load_truthfulqa(
 ) -> list[TruthfulQAItem]:
     """TruthfulQA MC items from ``capability/truthfulqa/mc_task.json``. ``builtin=True``: the built-in 10 items."""
     if builtin:
-        from saesteer.evaluation.builtin import builtin_truthfulqa
-
         return subsample(builtin_truthfulqa(), n, seed, "builtin_truthfulqa")
     path = require_file("truthfulqa", "capability/truthfulqa/mc_task.json", data_dir)
     data = read_json(path, "truthfulqa")

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.datasets import MathProblem, MCQuestion, Prompt, TruthfulQAItem
+from saesteer.evaluation.records import MathProblem, MCQuestion, Prompt, TruthfulQAItem
 
 PROMPT_KINDS = {"harmful": "harmful", "harmless": "harmless", "xsafe": "safe"}
 

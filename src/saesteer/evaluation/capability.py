@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 from saesteer.config import opt
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.datasets import MathProblem, MCQuestion, TruthfulQAItem
+from saesteer.evaluation.benchdata import load_gsm8k, load_mmlu, load_truthfulqa
+from saesteer.evaluation.benchmark import BenchmarkResult, fit_shots, rate_result
+from saesteer.evaluation.gated import score_gated
+from saesteer.evaluation.gsm8k import pick_gsm8k_shots, score_gsm8k
 from saesteer.evaluation.loglik import context_limit, loglikelihoods
-from saesteer.evaluation.stats import mean_ci, wilson
+from saesteer.evaluation.records import MathProblem, MCQuestion, TruthfulQAItem
+from saesteer.evaluation.stats import mean_ci
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -79,48 +84,6 @@ class CapabilityConfig:
         "TruthfulQA: run the QA primer all answers share once and reuse its KV cache (~2x faster); same scores "
         "(up to bf16 rounding) under per-position steering, not under a gate that judges the whole prompt",
     )
-
-
-@dataclass
-class BenchmarkResult:
-    """A benchmark score with its sample size, 95% interval and the per-item records behind it."""
-
-    benchmark: str
-    n: int
-    score: float
-    ci_low: float
-    ci_high: float
-    interval: str  # "wilson" (accuracy) or "t" (mean of a continuous score)
-    seconds: float
-    settings: dict[str, Any] = field(default_factory=dict)
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """``"mmlu: 45.0% [30.7, 60.2] (n=40, 1.2 s/item)"``."""
-        per = self.seconds / self.n if self.n else math.nan
-        return (
-            f"{self.benchmark}: {100 * self.score:.1f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] "
-            f"(n={self.n}, {per:.2f} s/item)"
-        )
-
-
-def rate_result(
-    benchmark: str, correct: list[bool], seconds: float, settings: dict[str, Any], records: list[dict[str, Any]]
-) -> BenchmarkResult:
-    p, lo, hi = wilson(sum(correct), len(correct))
-    return BenchmarkResult(benchmark, len(correct), p, lo, hi, "wilson", seconds, settings, records)
-
-
-def fit_shots(tokenizer: Any, build: Any, n_shots: int, max_length: int) -> tuple[str, int]:
-    """The prompt ``build(k)`` with the most shots ``k <= n_shots`` that fits ``max_length`` tokens (or k = 0)."""
-    for k in range(n_shots, -1, -1):
-        text = build(k)
-        if k == 0 or len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_length:
-            return text, k
-    raise AssertionError("unreachable")
 
 
 # --- MMLU ------------------------------------------------------------------------------------------------------
@@ -248,9 +211,6 @@ class CapabilityData:
 
 def load_capability_data(cfg: CapabilityConfig, benchmarks: Sequence[str] = BENCHMARKS) -> CapabilityData:
     """Load the question samples and few-shot examples ``cfg`` names (data directory or built-in suites)."""
-    from saesteer.evaluation.datasets import load_gsm8k, load_mmlu, load_truthfulqa
-    from saesteer.evaluation.gsm8k import pick_gsm8k_shots
-
     unknown = set(benchmarks) - set(BENCHMARKS)
     if unknown:
         raise SaesteerError(
@@ -286,26 +246,31 @@ def run_capability(
     benchmarks: Sequence[str] = BENCHMARKS,
     system_prompt: str | None = None,
     progress: bool = False,
+    steering: Any | None = None,
+    data: CapabilityData | None = None,
 ) -> dict[str, BenchmarkResult]:
-    """Score ``benchmarks`` on the samples ``cfg`` names; keys: mmlu, truthfulqa_mc1, truthfulqa_mc2, gsm8k.
-    ``system_prompt`` applies to GSM8K in chat mode (None: the chat template's default)."""
-    from saesteer.evaluation.gsm8k import score_gsm8k
+    """Score ``benchmarks`` on the samples ``cfg`` names (or ``data``); keys: mmlu, truthfulqa_mc1, truthfulqa_mc2,
+    gsm8k. ``system_prompt`` applies to GSM8K in chat mode (None: the chat template's default).
 
+    ``steering`` (a :class:`~saesteer.steering.engine.Steering`): applied while scoring; a gated one decides once
+    per question from the chat-formatted question (:mod:`saesteer.evaluation.gated`) and each result records the
+    firing rate in ``settings["gate"]``. None: whatever hooks the caller set on ``model`` apply."""
     cfg = cfg or CapabilityConfig()
-    d = load_capability_data(cfg, benchmarks)
-    out: dict[str, BenchmarkResult] = {}
+    d = data if data is not None else load_capability_data(cfg, benchmarks)
     bs, ml = cfg.batch_size, cfg.max_length
-    if "mmlu" in benchmarks:
-        out["mmlu"] = score_mmlu(model, tokenizer, d.mmlu, d.mmlu_shots, cfg.mmlu_shots, bs, ml, progress)
-    if "truthfulqa" in benchmarks:
-        out["truthfulqa_mc1"], out["truthfulqa_mc2"] = score_truthfulqa(
-            model, tokenizer, d.truthfulqa, bs, ml, progress, cfg.share_prefix
-        )
-    if "gsm8k" in benchmarks:
-        out["gsm8k"] = score_gsm8k(
+
+    def mmlu(qs: Sequence[MCQuestion]) -> dict[str, BenchmarkResult]:
+        return {"mmlu": score_mmlu(model, tokenizer, qs, d.mmlu_shots, cfg.mmlu_shots, bs, ml, progress)}
+
+    def truthfulqa(items: Sequence[TruthfulQAItem]) -> dict[str, BenchmarkResult]:
+        mc1, mc2 = score_truthfulqa(model, tokenizer, items, bs, ml, progress, cfg.share_prefix)
+        return {"truthfulqa_mc1": mc1, "truthfulqa_mc2": mc2}
+
+    def gsm8k(qs: Sequence[MathProblem]) -> dict[str, BenchmarkResult]:
+        r = score_gsm8k(
             model,
             tokenizer,
-            d.gsm8k,
+            qs,
             d.gsm8k_shots,
             cfg.gsm8k_chat,
             cfg.gsm8k_max_new_tokens,
@@ -314,4 +279,22 @@ def run_capability(
             system_prompt,
             progress,
         )
+        return {"gsm8k": r}
+
+    jobs: list[tuple[Sequence[Any], Callable[[Any], str], Callable[[Any], dict[str, BenchmarkResult]]]] = []
+    if "mmlu" in benchmarks:
+        jobs.append((d.mmlu, mc_block, mmlu))
+    if "truthfulqa" in benchmarks:
+        jobs.append((d.truthfulqa, lambda it: it.question, truthfulqa))
+    if "gsm8k" in benchmarks:
+        jobs.append((d.gsm8k, lambda q: q.question, gsm8k))
+    out: dict[str, BenchmarkResult] = {}
+    for items, question, score in jobs:
+        if steering is not None and steering.gate is not None:
+            out.update(
+                score_gated(model, tokenizer, steering, items, question, lambda x: x.id, score, bs, system_prompt)
+            )
+        else:
+            with steering.apply(model) if steering is not None else nullcontext():
+                out.update(score(items))
     return out

@@ -26,14 +26,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.benchdata import (
-    FracturedItem,
-    MathProblem,
-    MCQuestion,
-    TruthfulQAItem,
     gsm8k_final_answer,
     load_corpus_texts,
     load_crescendo_prompt,
@@ -42,6 +37,7 @@ from saesteer.evaluation.benchdata import (
     load_mmlu,
     load_truthfulqa,
 )
+from saesteer.evaluation.builtin import builtin_prompts
 from saesteer.evaluation.datafiles import (
     DATA_FILES,
     ENV_VAR,
@@ -52,6 +48,7 @@ from saesteer.evaluation.datafiles import (
     require_file,
     subsample,
 )
+from saesteer.evaluation.records import FracturedItem, MathProblem, MCQuestion, Prompt, TruthfulQAItem
 
 __all__ = [
     "DATA_FILES",
@@ -74,22 +71,6 @@ __all__ = [
     "prompt_set_names",
 ]
 LABELS = ("harmful", "harmless", "safe", "unsafe")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt of a safety or harmlessness set."""
-
-    id: str
-    text: str
-    label: str  # "harmful" | "harmless" | "safe" | "unsafe"
-    category: str
-    source: str
-
-    @property
-    def should_refuse(self) -> bool:
-        """True for prompts a safe model should refuse (``harmful`` or ``unsafe``)."""
-        return self.label in ("harmful", "unsafe")
 
 
 # --- prompt sets -----------------------------------------------------------------------------------------------
@@ -160,8 +141,6 @@ def _alpaca(split: str | None, root: str | os.PathLike[str] | None) -> list[Prom
 
 def _builtin(kind: str) -> Callable[[str | None, str | os.PathLike[str] | None], list[Prompt]]:
     def load(split: str | None, root: str | os.PathLike[str] | None) -> list[Prompt]:
-        from saesteer.evaluation.builtin import builtin_prompts
-
         return builtin_prompts(kind)
 
     return load

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import BenchmarkResult, fit_shots, rate_result
-from saesteer.evaluation.datasets import MathProblem
+from saesteer.evaluation.benchmark import BenchmarkResult, fit_shots, rate_result
 from saesteer.evaluation.loglik import context_limit
+from saesteer.evaluation.records import MathProblem
 from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, generate
 
 _NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"

@@ -32,13 +32,8 @@ from typing import Any
 
 from saesteer.config import atomic_write_json, atomic_write_text
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import (
-    LETTERS,
-    BenchmarkResult,
-    CapabilityConfig,
-    load_capability_data,
-    rate_result,
-)
+from saesteer.evaluation.benchmark import BenchmarkResult, rate_result
+from saesteer.evaluation.capability import LETTERS, CapabilityConfig, load_capability_data
 from saesteer.evaluation.datasets import MathProblem, MCQuestion, TruthfulQAItem
 from saesteer.evaluation.gsm8k import clean_solution
 from saesteer.evaluation.stats import mean_ci

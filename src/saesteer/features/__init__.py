@@ -4,18 +4,28 @@
 * :mod:`~saesteer.features.candidates` -- the paper's search (features on the model's own refusals);
 * :mod:`~saesteer.features.rankers` -- contrastive, decoder-cosine and attribution rankers;
 * :mod:`~saesteer.features.screen` -- the causal screen (cheap score, then generation + judge);
-* :mod:`~saesteer.features.control` -- an automatically chosen control feature;
+* :mod:`~saesteer.features.control` -- a control feature, chosen automatically and verified neutral;
 * :mod:`~saesteer.features.contexts` / :mod:`~saesteer.features.interpret` -- top contexts, density,
   logit lens;
-* :func:`~saesteer.features.pipeline.find_features` -- all of it, resumable, with features.json output.
+* :func:`~saesteer.features.pipeline.find_features` -- all of it, stage by stage through
+  :class:`saesteer.stages.StageRunner` (:mod:`~saesteer.features.discovery`), returning a
+  :class:`~saesteer.features.report.FeatureReport` (features.json).
 """
 
 from saesteer.features.candidates import DEFAULT_ARCHETYPES, CandidateSearch, count_active, find_candidates
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.contexts import ContextStore, build_store
-from saesteer.features.control import DEFAULT_TOPIC_PROMPTS, pick_control, topic_ranking
+from saesteer.features.control import (
+    DEFAULT_TOPIC_PROMPTS,
+    ControlCheck,
+    ControlChoice,
+    ControlVerifier,
+    control_candidates,
+    pick_control,
+    topic_ranking,
+)
 from saesteer.features.interpret import FeatureCard, describe_feature, logit_lens, mask_pieces
-from saesteer.features.pipeline import find_features
+from saesteer.features.pipeline import FeaturePrompts, find_features
 from saesteer.features.rankers import (
     Ranking,
     attribution_ranking,
@@ -24,6 +34,7 @@ from saesteer.features.rankers import (
     direction_cosine_ranking,
 )
 from saesteer.features.refusal_score import RefusalTokens, auroc, calibrate_score, score_prompts
+from saesteer.features.report import FeatureReport
 from saesteer.features.screen import ScreenRunner, clamp_values, screen_pool
 from saesteer.steering.direction import post_instruction_acts
 
@@ -32,7 +43,12 @@ __all__ = [
     "DEFAULT_TOPIC_PROMPTS",
     "CandidateSearch",
     "ContextStore",
+    "ControlCheck",
+    "ControlChoice",
+    "ControlVerifier",
     "FeatureCard",
+    "FeaturePrompts",
+    "FeatureReport",
     "FindFeaturesConfig",
     "Ranking",
     "RefusalTokens",
@@ -43,6 +59,7 @@ __all__ = [
     "calibrate_score",
     "clamp_values",
     "contrastive_ranking",
+    "control_candidates",
     "count_active",
     "describe_feature",
     "diff_in_means",

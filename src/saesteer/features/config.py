@@ -1,23 +1,16 @@
-"""The find-features stage config, prompt loading and the resumable checkpoint."""
+"""The find-features stage config and its prompt loading."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from saesteer.config import atomic_write_json, config_to_dict, opt
+from saesteer.config import opt
 from saesteer.errors import SaesteerError
 from saesteer.features.candidates import DEFAULT_ARCHETYPES
 from saesteer.features.control import DEFAULT_TOPIC_PROMPTS
 from saesteer.features.refusal_score import DEFAULT_COMPLIANCE_WORDS, DEFAULT_REFUSAL_WORDS
-
-T = TypeVar("T")
-CHECKPOINT = "checkpoint.json"
 
 
 @dataclass
@@ -25,7 +18,7 @@ class FindFeaturesConfig:
     """Refusal feature discovery: candidates, rankers, causal screen, control feature, interpretation."""
 
     sae: str = opt("", "SAE folder (SAELens layout: cfg.json + sae_weights.safetensors)")
-    out: str = opt("runs/features", "output folder: features.json, features.md, features.html, contexts, checkpoint")
+    out: str = opt("runs/features", "output folder: features.json, features.md, features.html, contexts, stages/")
     data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data)")
     harmful: str = opt("harmbench:val", "harmful dev prompts of the screen (a load_prompts name, e.g. harmbench:val)")
     harmless: str = opt("alpaca", "harmless dev prompts of the screen (over-refusal), e.g. alpaca or jbb:benign")
@@ -63,12 +56,21 @@ class FindFeaturesConfig:
     corpus_windows: int = opt(64, "corpus windows encoded for contexts and statistics")
     context_len: int = opt(128, "tokens per corpus window")
     topic_prompts: list[str] = opt(list(DEFAULT_TOPIC_PROMPTS), "topic prompts (unrelated to safety) for the control")
-    control_max_cos: float = opt(0.1, "a control's decoder row has |cosine| <= this with the refusal direction")
+    control_max_cos: float = opt(
+        0.1, "a control's decoder row has |cosine| <= this with the refusal direction and the chosen feature's row"
+    )
+    control_multiple: float | None = opt(
+        None, "the control check clamps a candidate to this x its own max (default: --clamp-multiple's strength)"
+    )
+    control_band: float = opt(0.05, "a control passes if its cheap-score refusal changes stay within +/- this")
+    control_gen_band: float = opt(0.10, "... and then its judged refusal changes (generation) within +/- this")
+    control_n_generate: int = opt(16, "harmful and harmless dev prompts each for the control's generation check")
+    control_tries: int = opt(8, "control candidates checked at most (best statistics match first)")
     n_contexts: int = opt(10, "top-activating contexts shown per feature")
     fast_screen: bool = opt(True, "cheap screen: reuse the activations up to the SAE's layer (checked; falls back)")
     system_prompt: str | None = opt(None, "system prompt for every chat prompt (default: the template's)")
     seed: int = opt(0, "seed of the prompt samples (the screen is deterministic under it)")
-    resume: bool = opt(True, "reuse finished stages of OUT/checkpoint.json when config, model and SAE match")
+    resume: bool = opt(True, "reuse finished stages of OUT/stages/ (keyed by config, model, SAE and code)")
 
     def validate(self) -> None:
         checks = [
@@ -82,6 +84,12 @@ class FindFeaturesConfig:
             (self.clamp_multiple > 0, "clamp_multiple must be > 0"),
             (len(self.archetypes) > 0, "give at least one archetypal prompt (--archetypes)"),
             (len(self.topic_prompts) > 0, "give at least one topic prompt (--topic-prompts)"),
+            (self.control_band >= 0 and self.control_gen_band >= 0, "control_band and control_gen_band must be >= 0"),
+            (
+                self.control_n_generate >= 1 and self.control_tries >= 1,
+                "control_n_generate, control_tries must be >= 1",
+            ),
+            (self.control_multiple is None or self.control_multiple > 0, "control_multiple must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -128,41 +136,3 @@ def resolve_sets(cfg: FindFeaturesConfig, log: Callable[[str], None]) -> FindFea
             "set SAESTEER_DATA_DIR or --data-dir for HarmBench / Alpaca"
         )
     return replace(cfg, **changes)
-
-
-class Checkpoint:
-    """Finished stage results in ``OUT/checkpoint.json``, valid only for the same config, model and SAE."""
-
-    def __init__(self, out: str | os.PathLike[str], identity: dict[str, Any], enabled: bool = True):
-        self.path = Path(out) / CHECKPOINT
-        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.data: dict[str, Any] = {}
-        if enabled and self.path.is_file():
-            try:
-                raw = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                raw = {}
-            if isinstance(raw, dict) and raw.get("key") == self.key:
-                self.data = dict(raw.get("stages", {}))
-
-    def get(self, name: str) -> Any:
-        return self.data.get(name)
-
-    def put(self, name: str, value: Any) -> Any:
-        self.data[name] = value
-        atomic_write_json(self.path, {"key": self.key, "stages": self.data})
-        return value
-
-    def stage(self, name: str, make: Callable[[], T]) -> T:
-        """The stored result of ``name``, or ``make()`` stored."""
-        if name in self.data:
-            return self.data[name]  # type: ignore[no-any-return]
-        return self.put(name, make())  # type: ignore[no-any-return]
-
-
-def identity(cfg: FindFeaturesConfig, model_name: str, sae_fingerprint: str) -> dict[str, Any]:
-    """What a checkpoint must match: every setting that changes results, the model and the SAE."""
-    d = config_to_dict(cfg)
-    for k in ("out", "resume", "n_contexts", "sae"):
-        d.pop(k, None)
-    return {"config": d, "model": model_name, "sae": sae_fingerprint}

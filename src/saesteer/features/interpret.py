@@ -234,7 +234,9 @@ class FeatureCard:
                 f"{html.escape(p).replace(chr(10), '&#8629;')}</span>"
                 for p, a in zip(c.pieces, c.acts, strict=True)
             )
-            rows.append(f"<tr><td>{html.escape(c.source)}</td><td>{c.peak:.2f}</td><td class='ctx'>{spans}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(c.source)}</td><td>{c.peak:.2f}</td><td style='font-family:monospace;white-space:pre-wrap'>{spans}</td></tr>"
+            )
         lens = "".join(
             f"<p><b>{name}:</b> {html.escape(_tokens(self.logit_lens[key]))}</p>"
             for name, key in (("promotes", "promoted"), ("suppresses", "suppressed"))
@@ -316,14 +318,10 @@ def describe_feature(
     )
 
 
-HTML_HEAD = (
-    "<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
-    "body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}"
-    "td,th{{border:1px solid #ccc;padding:3px 6px;vertical-align:top}}"
-    ".ctx{{font-family:monospace;white-space:pre-wrap}}</style></head><body>"
-)
+def cards_html(cards: Sequence[FeatureCard], title: str = "saesteer features", sections: Sequence[Any] = ()) -> str:
+    """A standalone HTML page: the report ``sections`` (:class:`saesteer.report.render.Section`), then the cards."""
+    from saesteer.report.render import to_html
 
-
-def cards_html(cards: Sequence[FeatureCard], title: str = "saesteer features") -> str:
-    """A standalone HTML page of feature cards."""
-    return HTML_HEAD.format(title=html.escape(title)) + "".join(c.to_html() for c in cards) + "</body></html>\n"
+    page = to_html(title, list(sections))
+    cut = page.rindex("</body>")
+    return page[:cut] + "".join(c.to_html() for c in cards) + page[cut:]

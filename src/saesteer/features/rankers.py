@@ -110,9 +110,14 @@ def direction_cosine_ranking(sae: SAE, direction: torch.Tensor) -> Ranking:
         raise SaesteerError(f"direction has shape {tuple(r.shape)}; the SAE needs ({sae.d_in},)")
     if float(r.norm()) == 0.0:
         raise SaesteerError("the refusal direction is zero (harmful and harmless means coincide); use other prompts")
-    w = sae.W_dec.detach().float().cpu()
-    cos = (w @ r) / (w.norm(dim=1).clamp_min(1e-12) * r.norm())
+    cos = decoder_cosine(sae, r)
     return rank_scores("direction_cosine", cos, "cosine of the decoder row with the diff-in-means refusal direction")
+
+
+def decoder_cosine(sae: SAE, v: torch.Tensor) -> torch.Tensor:
+    """Cosine (d_sae,) of every decoder row with the vector ``v`` (d_in,)."""
+    w, r = sae.W_dec.detach().float().cpu(), v.detach().float().cpu()
+    return (w @ r) / (w.norm(dim=1).clamp_min(1e-12) * r.norm().clamp_min(1e-12))
 
 
 def attribution_ranking(

@@ -3,18 +3,16 @@
 Rows: corpus windows (``cfg.corpus``, else the data directory's corpus if present), the harmful and
 harmless dev prompts, the topic prompts and the archetype conversations (prompt + the model's
 response). Their statistics set the clamp values and the control's similarity; their contexts are
-the feature cards' top-activating contexts. The store is saved as ``OUT/contexts.safetensors``.
+the feature cards' top-activating contexts.
 """
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.features.config import Checkpoint, FindFeaturesConfig
-from saesteer.features.contexts import FILE as CONTEXTS_FILE
+from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.contexts import ContextStore, build_store, corpus_rows
 from saesteer.model.adapter import ArchAdapter
 from saesteer.model.generation import encode_chats
@@ -46,19 +44,12 @@ def reference_store(
     tokenizer: Any,
     sae: SAE,
     cfg: FindFeaturesConfig,
-    ckpt: Checkpoint,
     harm: list[str],
     safe: list[str],
-    paper_res: dict[str, Any],
+    responses: list[dict[str, Any]],
     progress: bool,
-    fp: str,
 ) -> ContextStore:
-    """The context store of this run (loaded from OUT if the checkpoint says it is complete)."""
-    path = Path(cfg.out) / CONTEXTS_FILE
-    if ckpt.get("contexts") == fp and path.is_file():
-        store = ContextStore.load(path)
-        if store.fingerprint == fp:
-            return store
+    """Encode the run's reference rows (corpus windows, dev and topic prompts, used archetype conversations)."""
     rows: list[list[int]] = []
     sources: list[str] = []
     texts = corpus_texts(cfg)
@@ -68,20 +59,16 @@ def reference_store(
 
     def add_chats(prompts: list[Any], source: str) -> None:
         for p in prompts:
-            ids = encode_chats(tokenizer, [p], cfg.system_prompt)["input_ids"][0].tolist()
-            rows.append(ids)
+            rows.append(encode_chats(tokenizer, [p], cfg.system_prompt)["input_ids"][0].tolist())
             sources.append(source)
 
     add_chats(harm, "harmful")
     add_chats(safe, "harmless")
     add_chats(list(cfg.topic_prompts), "topic")
-    for r in paper_res["search"]["responses"]:
+    for r in responses:
         if r["used"]:
             conv = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
             text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)
             rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
             sources.append("refusal")
-    store = build_store(adapter, sae, rows, sources, batch_size=cfg.batch_size, progress=progress)
-    store.save(path)
-    ckpt.put("contexts", fp)
-    return store
+    return build_store(adapter, sae, rows, sources, batch_size=cfg.batch_size, progress=progress)

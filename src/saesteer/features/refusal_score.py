@@ -206,6 +206,18 @@ class ScoreCalibration:
             return torch.zeros(scores.shape, dtype=torch.bool)
         return scores > self.threshold
 
+    def rate(self, scores: torch.Tensor) -> float:
+        """Expected refusal rate of prompts with these scores: the share above the threshold, or (uncalibrated)
+        the mean of ``sigmoid(score)`` (in ``logodds`` mode the refusal first tokens' probability mass)."""
+        if self.threshold is None:
+            return float(torch.sigmoid(scores.float()).mean())
+        return float(self.predict(scores).float().mean())
+
+    @property
+    def measure(self) -> str:
+        """What :meth:`rate` measures."""
+        return "sigmoid(score), uncalibrated" if self.threshold is None else "share above the calibrated threshold"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,

@@ -1,48 +1,150 @@
-"""The discovery's outputs: ``features.json`` (machine-readable) and a Markdown + HTML summary.
+"""The discovery's result, :class:`FeatureReport`, whose JSON form is ``features.json``.
 
-``features.json`` (format ``saesteer.features.v1``) holds: ``config``, ``seed``, ``model``, ``sae``,
+``features.json`` (format ``saesteer.features.v2``) holds: ``config``, ``seed``, ``model``, ``sae``,
 ``data`` (prompt ids), ``refusal_score`` (tokens, calibration against the judge), ``baseline``,
 ``paper`` (archetype responses and candidates), ``rankers`` (top lists), ``screen`` (pool, clamp
 mapping with per-feature reference max / mean for every screened feature and the control, ``cheap`` and
-``generation`` results), ``chosen``, ``ranker_comparison``, ``control``,
-``features`` (feature cards), ``status`` (``ok`` or ``no_candidate_passed``) and ``timings``.
+``generation`` results), ``chosen``, ``ranker_comparison``, ``control``, ``control_checks`` (the
+control's neutrality checks), ``features`` (feature cards), ``status`` (``ok`` or
+``no_candidate_passed``) and ``timings``.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import time
+import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from saesteer.config import config_to_dict
+from saesteer.config import atomic_write_json
+from saesteer.errors import SaesteerError
 from saesteer.features.contexts import FeatureStats
-from saesteer.features.interpret import FeatureCard
+from saesteer.features.control import ControlCheck, ControlChoice
 from saesteer.features.rankers import Ranking
-from saesteer.features.screen import CheapResult, GenResult
+from saesteer.features.screen import CheapResult, GenResult, Rate
 
-FORMAT = "saesteer.features.v1"
-REQUIRED_KEYS = (
-    "format",
-    "status",
-    "config",
-    "seed",
-    "model",
-    "sae",
-    "data",
-    "refusal_score",
-    "baseline",
-    "paper",
-    "rankers",
-    "screen",
-    "chosen",
-    "ranker_comparison",
-    "control",
-    "features",
-    "timings",
-)
+FORMAT = "saesteer.features.v2"
 PAPER_VALUES = (10.0, 12.0)
+
+
+@dataclass
+class SaeInfo:
+    """Which SAE the discovery ran on."""
+
+    path: str
+    hook: str
+    architecture: str
+    d_sae: int
+    d_in: int
+    k: int | None
+    fingerprint: str
+
+
+@dataclass
+class Baseline:
+    """Unsteered judged refusal on the dev prompts, with a few example completions."""
+
+    harmful: Rate
+    harmless: Rate
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Screen:
+    """The causal screen: the pooled candidates, their clamp values, cheap and generation results."""
+
+    pool: list[int]
+    pool_ranks: dict[str, dict[str, int | None]]
+    clamp: dict[str, Any]
+    fast_path: bool
+    cheap: list[CheapResult]
+    generation: list[GenResult]
+
+
+@dataclass
+class FeatureReport:
+    """Everything ``find_features`` found; :meth:`to_json` is the content of ``features.json``."""
+
+    status: str
+    created: str
+    config: dict[str, Any]
+    seed: int
+    model: str
+    sae: SaeInfo
+    data: dict[str, Any]
+    refusal_score: dict[str, Any]
+    baseline: Baseline
+    paper: dict[str, Any]
+    rankers: dict[str, Any]
+    screen: Screen
+    chosen: GenResult | None
+    ranker_comparison: dict[str, Any]
+    control: ControlChoice | None
+    control_checks: list[ControlCheck]
+    cards: dict[str, Any]
+    timings: dict[str, float]
+
+    @property
+    def chosen_passed(self) -> bool:
+        return self.chosen is not None
+
+    @property
+    def refusal_feature(self) -> int | None:
+        """The feature to steer: the chosen one, else (none passed) the best cheap-screened one."""
+        if self.chosen is not None:
+            return self.chosen.feature
+        return self.screen.cheap[0].feature if self.screen.cheap else None
+
+    @property
+    def control_feature(self) -> int | None:
+        return self.control.feature if self.control is not None else None
+
+    def ref_max(self, feature: int) -> float | None:
+        """The feature's max activation on the reference tokens (the clamp unit), if it was measured."""
+        per = self.screen.clamp.get("per_feature", {}).get(str(feature))
+        return None if per is None else float(per["ref_max"])
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": FORMAT}
+        for f in fields(self):
+            out["features" if f.name == "cards" else f.name] = getattr(self, f.name)
+        out["screen"] = {**asdict(self.screen), "generation": [g.to_dict() for g in self.screen.generation]}
+        out["chosen"] = self.chosen.to_dict() if self.chosen else None
+        for key in ("sae", "baseline", "control"):
+            out[key] = asdict(out[key]) if out[key] is not None else None
+        out["control_checks"] = [c.to_dict() for c in self.control_checks]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FeatureReport:
+        if d.get("format") != FORMAT:
+            raise SaesteerError(f"features.json has format {d.get('format')!r}, not {FORMAT}; rerun find-features")
+        s, b = d["screen"], d["baseline"]
+        kw = {f.name: d["features" if f.name == "cards" else f.name] for f in fields(cls)}
+        kw["sae"] = SaeInfo(**d["sae"])
+        kw["baseline"] = Baseline(Rate(**b["harmful"]), Rate(**b["harmless"]), list(b.get("examples", [])))
+        kw["screen"] = Screen(
+            list(s["pool"]), dict(s["pool_ranks"]), dict(s["clamp"]), bool(s["fast_path"]),
+            [CheapResult(**c) for c in s["cheap"]], [GenResult.from_dict(g) for g in s["generation"]],
+        )  # fmt: skip
+        kw["chosen"] = GenResult.from_dict(d["chosen"]) if d["chosen"] else None
+        kw["control"] = ControlChoice(**d["control"]) if d["control"] else None
+        kw["control_checks"] = [ControlCheck(**c) for c in d["control_checks"]]
+        return cls(**kw)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FeatureReport:
+        p = Path(path)
+        try:
+            return cls.from_json(json.loads(p.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SaesteerError(f"cannot read the feature report {p} ({exc}); rerun find-features") from None
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -116,82 +218,3 @@ def ranker_comparison(
     best = min(ranked)[0] if ranked else None
     winners = sorted(k for v, k in ranked if v == best)
     return {"by_ranker": rows, "criterion": key, "winners": winners, "best_rank": best}
-
-
-def build_report(
-    *,
-    cfg: Any,
-    model_name: str,
-    sae: Any,
-    fp: str,
-    harm_ids: list[str],
-    safe_ids: list[str],
-    tokens: dict[str, Any],
-    calib: Any,
-    base: dict[str, Any],
-    base_h: Any,
-    base_s: Any,
-    paper: dict[str, Any],
-    rankings: dict[str, Ranking],
-    pool: list[int],
-    mapping: dict[str, Any],
-    cheap: list[CheapResult],
-    gens: list[GenResult],
-    chosen: GenResult | None,
-    comparison: dict[str, Any],
-    control: Any,
-    cards: list[FeatureCard],
-    fast: bool,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The content of ``features.json``."""
-    ranks = {f: {k: r.rank_of(f) for k, r in rankings.items()} for f in pool}
-    return {
-        "format": FORMAT,
-        "status": "ok" if chosen else "no_candidate_passed",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "config": config_to_dict(cfg),
-        "seed": cfg.seed,
-        "model": model_name,
-        "sae": {
-            "path": cfg.sae,
-            "hook": sae.cfg.hook_name,
-            "architecture": sae.cfg.architecture,
-            "d_sae": sae.d_sae,
-            "d_in": sae.d_in,
-            "k": sae.cfg.k,
-            "fingerprint": fp,
-        },
-        "data": {
-            "harmful": {"name": cfg.harmful, "ids": harm_ids},
-            "harmless": {"name": cfg.harmless, "ids": safe_ids},
-        },
-        "refusal_score": {**tokens, "calibration": calib.to_dict()},
-        "baseline": {
-            "harmful": asdict(base_h),
-            "harmless": asdict(base_s),
-            "examples": [
-                {"prompt_id": i, "completion": c}
-                for i, c in zip(
-                    harm_ids[:3] + safe_ids[:3],
-                    base["harmful"]["completions"][:3] + base["harmless"]["completions"][:3],
-                    strict=False,
-                )
-            ],
-        },
-        "paper": paper,
-        "rankers": {k: r.to_dict(limit=50) for k, r in rankings.items()},
-        "screen": {
-            "pool": pool,
-            "pool_ranks": {str(f): v for f, v in ranks.items()},
-            "clamp": mapping,
-            "fast_path": fast,
-            "cheap": [asdict(c) for c in cheap],
-            "generation": [g.to_dict() for g in gens],
-        },
-        "chosen": chosen.to_dict() if chosen else None,
-        "ranker_comparison": comparison,
-        "control": control.to_dict() if control is not None else None,
-        "features": {str(c.feature): c.to_dict() for c in cards},
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-    }

@@ -264,6 +264,24 @@ class GenResult:
         d["over_refusal"] = dict(zip(("d", "lo", "hi"), self.over_refusal, strict=True))
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenResult:
+        def ci(x: dict[str, float]) -> tuple[float, float, float]:
+            return (x["d"], x["lo"], x["hi"])
+
+        return cls(
+            d["feature"],
+            d["value"],
+            Rate(**d["harmful"]),
+            Rate(**d["harmless"]),
+            ci(d["gain"]),
+            ci(d["over_refusal"]),
+            d["objective"],
+            d["passes"],
+            d["significant"],
+            list(d.get("examples", [])),
+        )
+
 
 def gen_result(
     feature: int,

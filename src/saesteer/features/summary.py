@@ -1,17 +1,21 @@
-"""Markdown and HTML summaries of a discovery report, and writing the three output files."""
+"""The discovery's summary as report sections (rendered by :mod:`saesteer.report.render`), and the output files."""
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from saesteer.config import atomic_write_json, atomic_write_text
-from saesteer.features.interpret import HTML_HEAD, FeatureCard
+from saesteer.config import atomic_write_text
+from saesteer.features.interpret import FeatureCard, cards_html
+from saesteer.features.report import FeatureReport
+
+if TYPE_CHECKING:
+    from saesteer.report.render import Section
 
 Block = tuple[Any, ...]
+TITLE = "Refusal feature discovery"
 
 
 def _pct(x: float | None) -> str:
@@ -30,11 +34,35 @@ def _num(x: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def _opt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def control_checks_block(checks: Sequence[dict[str, Any]]) -> Block:
+    """The control's neutrality checks as a table (refusal-rate changes, harmful / harmless prompts)."""
+    rows = [
+        [
+            c["feature"],
+            f"{c['value']:.3f} ({c['multiple']:.2f} x max)",
+            _num(c["cos_direction"], "{:+.3f}"),
+            _num(c["cos_chosen"], "{:+.3f}"),
+            f"{c['cheap_unsafe_delta']:+.1%} / {c['cheap_safe_delta']:+.1%}",
+            f"{_opt_pct(c['gen_unsafe_delta'])} / {_opt_pct(c['gen_safe_delta'])} (n={c['gen_n']})",
+            f"+/-{c['band']:.0%}, +/-{c['gen_band']:.0%}",
+            "yes" if c["passed"] else "no",
+        ]  # fmt: skip
+        for c in checks
+    ]
+    heads = ["feature", "clamp", "cos refusal dir.", "cos chosen", "cheap: harmful / harmless",
+             "generation: harmful / harmless", "bands", "passed"]  # fmt: skip
+    return ("table", heads, rows)
+
+
 def summary_blocks(rep: dict[str, Any]) -> list[Block]:
-    """The summary as blocks: ("h", text), ("p", text), ("table", headers, rows)."""
+    """The summary as blocks: ("h", text) starts a section, then ("p", text) and ("table", headers, rows)."""
     cal = rep["refusal_score"]["calibration"]
     b: list[Block] = [
-        ("h", "Refusal feature discovery"),
+        ("h", "Setup"),
         (
             "p",
             f"model {rep['model'] or '-'}; SAE {rep['sae']['path'] or '-'} ({rep['sae']['architecture']}, "
@@ -80,6 +108,9 @@ def summary_blocks(rep: dict[str, Any]) -> list[Block]:
             else f"none: {ctl['reason'] if ctl else '-'}",
         )
     )
+    if rep["control_checks"]:
+        b.append(("p", f"checks in order (cheap score: {rep['control_checks'][0]['cheap_measure']}):"))
+        b.append(control_checks_block(rep["control_checks"]))
     g_rows = [
         [
             g["feature"],
@@ -188,47 +219,25 @@ def summary_blocks(rep: dict[str, Any]) -> list[Block]:
     return b
 
 
-def _md_cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
+def summary_sections(rep: dict[str, Any]) -> list[Section]:
+    """The summary blocks grouped into sections at each heading."""
+    from saesteer.report.render import Section
 
-
-def render_markdown(rep: dict[str, Any], cards: Sequence[FeatureCard]) -> str:
-    out: list[str] = []
+    sections: list[Section] = []
     for blk in summary_blocks(rep):
         if blk[0] == "h":
-            out += [f"{'#' if not out else '##'} {blk[1]}", ""]
-        elif blk[0] == "p":
-            out += [blk[1], ""]
+            sections.append(Section(blk[1]))
         else:
-            out += ["| " + " | ".join(blk[1]) + " |", "|" + "---|" * len(blk[1])]
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in blk[2]] + [""]
-    out += ["## Feature cards", ""] + [c.to_markdown() for c in cards]
-    return "\n".join(out) + "\n"
+            sections[-1].blocks.append(blk)
+    return sections
 
 
-def render_html(rep: dict[str, Any], cards: Sequence[FeatureCard]) -> str:
-    out = [HTML_HEAD.format(title="saesteer: refusal features")]
-    first = True
-    for blk in summary_blocks(rep):
-        if blk[0] == "h":
-            out.append(f"<h{1 if first else 2}>{html.escape(blk[1])}</h{1 if first else 2}>")
-            first = False
-        elif blk[0] == "p":
-            text = html.escape(blk[1])
-            parts = text.split("**")
-            out.append("<p>" + "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts)) + "</p>")
-        else:
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in blk[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in blk[2])
-            out.append(f"<table><tr>{head}</tr>{rows}</table>")
-    out.append("<h2>Feature cards</h2>")
-    out += [c.to_html() for c in cards]
-    return "".join(out) + "</body></html>\n"
-
-
-def write_outputs(out: str | Path, report: dict[str, Any], cards: Sequence[FeatureCard]) -> None:
+def write_outputs(out: str | Path, report: FeatureReport, cards: Sequence[FeatureCard]) -> None:
     """Write features.json, features.md and features.html into ``out`` atomically."""
+    from saesteer.report.render import Section, to_markdown
+
     p = Path(out)
-    atomic_write_json(p / "features.json", report)
-    atomic_write_text(p / "features.md", render_markdown(report, cards))
-    atomic_write_text(p / "features.html", render_html(report, cards))
+    report.save(p / "features.json")
+    sections = [*summary_sections(report.to_json()), Section("Feature cards")]
+    atomic_write_text(p / "features.md", to_markdown(TITLE, sections) + "\n" + "".join(c.to_markdown() for c in cards))
+    atomic_write_text(p / "features.html", cards_html(cards, TITLE, sections))

@@ -169,7 +169,10 @@ class ArchAdapter:
         finally:
             handle.remove()
         if not captured:
-            raise RuntimeError(f"hook point {point} was never reached")
+            raise SaesteerError(
+                f"hook point {point} was never reached in this model's forward pass; "
+                "pick one that `saesteer model info` lists"
+            )
         return captured[0]
 
     @torch.no_grad()

@@ -1,33 +1,37 @@
-"""saesteer.report: the study's results table, sweep grid, derived metrics, plots and report.
+"""saesteer.report: the study's results table, derived metrics, findings, plots and report.
 
-* :mod:`~saesteer.report.results` -- :class:`ResultRow` and the resumable :class:`ResultsTable` (JSON + CSV).
-* :mod:`~saesteer.report.sweep` -- :class:`SweepConfig`, :func:`build_grid` -> :class:`Condition` list.
-* :mod:`~saesteer.report.derived` -- safety gain, capability loss, over-refusal ratio, gain kept (:func:`derive`).
-* :mod:`~saesteer.report.pareto` -- Pareto plot and per-metric bar charts (matplotlib, optional).
-* :mod:`~saesteer.report.render` -- Markdown + HTML report with the paper's numbers (:func:`write_report`).
+* :mod:`~saesteer.report.results` -- :class:`ResultRow` and the resumable :class:`ResultsTable` (JSON + CSV,
+  with per-item outcomes for paired comparisons).
+* :mod:`~saesteer.report.derived` -- safety gain, capability loss, over-refusal, ASR drop, gain kept (:func:`derive`).
+* :mod:`~saesteer.report.findings` -- power-aware claims, each from its interval.
+* :mod:`~saesteer.report.pareto` -- Pareto plots and per-metric bar charts (matplotlib, optional).
+* :mod:`~saesteer.report.render` -- the one Markdown + HTML renderer (:class:`Section` blocks).
+* :mod:`~saesteer.report.document` -- the study report's layout (:class:`ReportData`, :func:`write_report`).
 """
 
 from saesteer.report.derived import Derived, Estimate, derive, goal_met
-from saesteer.report.findings import PAPER, findings
-from saesteer.report.render import ReportData, write_report
+from saesteer.report.document import Example, ReportData, StageTime, Table, write_report
+from saesteer.report.findings import PAPER, Headline, findings
+from saesteer.report.render import Section, to_html, to_markdown
 from saesteer.report.results import METRICS, ResultRow, ResultsTable
-from saesteer.report.sweep import Condition, SweepConfig, build_grid, load_grid, save_grid
 
 __all__ = [
     "METRICS",
     "PAPER",
-    "Condition",
     "Derived",
     "Estimate",
+    "Example",
+    "Headline",
     "ReportData",
     "ResultRow",
     "ResultsTable",
-    "SweepConfig",
-    "build_grid",
+    "Section",
+    "StageTime",
+    "Table",
     "derive",
     "findings",
     "goal_met",
-    "load_grid",
-    "save_grid",
+    "to_html",
+    "to_markdown",
     "write_report",
 ]

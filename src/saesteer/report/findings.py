@@ -1,24 +1,24 @@
-"""The report's automatic findings: what the data say about the paper's trade-off and conditional steering.
+"""The report's findings: short claims, each computed from its interval and stated only as far as it goes.
 
-Every sentence is computed from the derived metrics, with its numbers and 95% intervals:
-
-* **trade-off**: for the headline refusal-feature clamp (the one with the largest safety gain), did unsafe
-  refusal rise significantly (interval above 0), and did it cost capability (loss interval above 0) or
-  safe-prompt over-refusal (ratio interval above 1)? Gain and a cost: "reproduced"; gain without a
-  significant cost: "partly reproduced"; no significant gain: "did not reproduce".
-* **control**: did the control-feature clamps cost capability too (as in the paper)?
-* **conditional**: did a gated clamp keep >= 90% of its unconditional gain with over-refusal <= x1.3?
-* **direction** and **multi-turn**: the difference-in-means baseline and the attack success rate.
+A difference whose 95% interval excludes 0 is stated with its interval. One whose interval includes 0 is
+"not detectable at n=..." with the minimum detectable effect of a paired design at that n (McNemar's test,
+80% power, two-sided 5%; Connor 1987) where the outcomes are 0/1. A capability benchmark whose baseline
+interval includes chance (MMLU 25%) cannot show a loss and says so. The paper is quoted beside a claim,
+never as a verdict the intervals do not support.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from saesteer.report.derived import GOAL_GAIN_KEPT, GOAL_OVER_REFUSAL, Derived, Estimate, goal_met
-from saesteer.report.results import ResultsTable
+from saesteer.evaluation import paired
+from saesteer.report.derived import GOAL_GAIN_KEPT, GOAL_OVER_REFUSAL, Derived, Estimate, paired_items
+from saesteer.report.results import METRIC_LABELS, ResultsTable
+
+#: chance accuracy of the capability benchmarks (0 where guessing cannot score)
+CHANCE = {"mmlu": 0.25, "truthfulqa_mc1": 0.0, "truthfulqa_mc2": 0.0, "gsm8k": 0.0, "humaneval": 0.0}
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,15 @@ class PaperNumbers:
 
 
 PAPER = PaperNumbers()
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The conditions the report headlines, chosen on dev data (``dev=False``: taken in grid order instead)."""
+
+    clamp: str | None
+    gate: str | None
+    dev: bool = True
 
 
 def fmt_num(v: float, digits: int = 1) -> str:
@@ -69,154 +78,162 @@ def fmt_share(e: Estimate | None) -> str:
     return f"{fmt_num(100 * e.value, 0)}% [{fmt_num(100 * e.lo, 0)}, {fmt_num(100 * e.hi, 0)}]"
 
 
-def headline(derived: Sequence[Derived]) -> Derived | None:
-    """The refusal-feature clamp with the largest safety gain (ties: the smaller capability loss)."""
-    cands = [d for d in derived if d.kind == "refusal_feature" and d.safety_gain is not None]
-    if not cands:
+def default_headline(derived: Sequence[Derived]) -> Headline:
+    """The first refusal clamp and the first gated clamp in grid order (when no dev choice is known)."""
+    clamp = next((d.condition for d in derived if d.kind == "refusal_feature"), None)
+    gate = next((d.condition for d in derived if d.kind == "conditional"), None)
+    return Headline(clamp, gate, dev=False)
+
+
+def mde(table: ResultsTable, metric: str, a: str, b: str) -> float | None:
+    """Minimum detectable paired difference of 0/1 outcomes at the measured n and discordant share."""
+    got = paired_items(table, metric, a, b)
+    if got is None or not all(v in (0.0, 1.0) for v in got[0] + got[1]):
         return None
-
-    def key(d: Derived) -> tuple[float, float]:
-        loss = d.capability_loss.value if d.capability_loss is not None else 0.0
-        return (d.safety_gain.value if d.safety_gain else -math.inf, -loss)
-
-    return max(cands, key=key)
+    x, y = [v == 1.0 for v in got[0]], [v == 1.0 for v in got[1]]
+    return paired.mde_paired(len(x), paired.discordant_share(x, y))
 
 
-def best_conditional(derived: Sequence[Derived]) -> Derived | None:
-    """The conditional condition to quote: among those meeting the goal the largest gain, else the most kept."""
-    cands = [d for d in derived if d.kind == "conditional" and d.gain_kept is not None]
-    if not cands:
-        return None
-    met = [d for d in cands if goal_met(d)]
-    if met:
-        return max(met, key=lambda d: d.safety_gain.value if d.safety_gain else -math.inf)
-
-    def score(d: Derived) -> tuple[float, float]:
-        kept = d.gain_kept.value if d.gain_kept and not math.isnan(d.gain_kept.value) else -math.inf
-        over = d.over_refusal.value if d.over_refusal else math.inf
-        return (min(kept, GOAL_GAIN_KEPT), -over)
-
-    return max(cands, key=score)
+def claim(label: str, e: Estimate | None, table: ResultsTable, metric: str, cond: str) -> str:
+    """``label: +12.0 pts [4.1, 19.9] (n=210)`` or ``label: not detectable at n=210 (...; minimum detectable ...)``."""
+    if e is None:
+        return f"{label}: not measured"
+    body = f"{fmt_pts(e)} (n={e.n})"
+    if e.excludes_zero:
+        return f"{label}: {body}"
+    m = mde(table, metric, "baseline", cond)
+    tail = f"; minimum detectable effect {100 * m:.1f} pts" if m is not None and math.isfinite(m) else ""
+    return f"{label}: not detectable at n={e.n} ({body}{tail})"
 
 
-def _rate(table: ResultsTable, condition: str, metric: str) -> str:
-    row = table.get(condition, metric)
-    if row is None or row.n == 0:
-        return "n/a"
-    return f"{100 * row.score:.1f}% (n={row.n})"
+def capability_claims(table: ResultsTable, d: Derived) -> list[str]:
+    """One clause per benchmark: its loss, or why no loss can be measured on it."""
+    out = []
+    for metric, loss in d.capability_losses.items():
+        label = METRIC_LABELS.get(metric, metric)
+        base = table.get("baseline", metric)
+        chance = CHANCE.get(metric, 0.0)
+        if base is not None and chance > 0 and base.ci_lo <= chance:
+            out.append(
+                f"{label}: the baseline {100 * base.score:.1f}% [{100 * base.ci_lo:.1f}, {100 * base.ci_hi:.1f}] "
+                f"includes chance ({100 * chance:.0f}%), so no loss is detectable at n={base.n}"
+            )
+        else:
+            out.append(claim(f"{label} loss", loss, table, metric, d.condition))
+    return out
 
 
-def trade_off_verdict(d: Derived) -> str:
-    """'reproduced', 'partly reproduced' or 'did not reproduce' (see the module docstring)."""
-    gain = d.safety_gain
-    if gain is None or not gain.above_zero:
-        return "did not reproduce"
-    cost = (d.capability_loss is not None and d.capability_loss.above_zero) or (
-        d.over_refusal is not None and not math.isnan(d.over_refusal.lo) and d.over_refusal.lo > 1.0
-    )
-    return "reproduced" if cost else "partly reproduced"
+def _by_name(derived: Sequence[Derived]) -> Mapping[str, Derived]:
+    return {d.condition: d for d in derived}
 
 
-def _trade_off(table: ResultsTable, derived: Sequence[Derived]) -> str:
-    h = headline(derived)
-    if h is None:
-        return "No refusal-feature clamp has an unsafe-refusal result, so the paper's trade-off was not tested."
-    verdict = trade_off_verdict(h)
-    caps = ", ".join(h.capability_metrics) or "no capability metric"
-    s = (
-        f"The paper's trade-off {verdict}: clamping the refusal feature ({h.condition}) moved unsafe-prompt refusal "
-        f"from {_rate(table, 'baseline', 'unsafe_refusal')} to {_rate(table, h.condition, 'unsafe_refusal')} "
-        f"(gain {fmt_pts(h.safety_gain)}), at a capability loss of {fmt_pts(h.capability_loss)} averaged over "
-        f"{caps} and a safe-prompt over-refusal of {fmt_ratio(h.over_refusal)}"
-    )
-    paper = (
-        f" (paper, {PAPER.model}: {PAPER.unsafe_refusal[0]:g}% -> {PAPER.unsafe_refusal[1]:g}%, "
-        f"over-refusal x{PAPER.over_refusal}, MMLU {PAPER.mmlu[0]} -> {PAPER.mmlu[1]})."
-    )
-    if verdict == "did not reproduce":
-        tail = " The refusal gain's 95% interval includes 0, so steering did not significantly raise refusals."
-    elif verdict == "partly reproduced":
-        tail = " Refusals rose significantly, but neither cost is significant at 95%."
-    else:
-        costs = []
-        if h.capability_loss is not None and h.capability_loss.above_zero:
-            costs.append("capability")
-        if h.over_refusal is not None and h.over_refusal.lo > 1.0:
-            costs.append("over-refusal")
-        tail = f" Refusals rose significantly and the {' and '.join(costs)} cost is significant at 95%."
-    return s + paper + tail
-
-
-def _control(derived: Sequence[Derived]) -> str:
-    ctrl = [d for d in derived if d.kind == "control" and d.capability_loss is not None]
-    if not ctrl:
-        return "No control feature was measured on the capability benchmarks."
-    worst = max(ctrl, key=lambda d: d.capability_loss.value if d.capability_loss else -math.inf)
-    n_sig = sum(1 for d in ctrl if d.capability_loss is not None and d.capability_loss.above_zero)
-    if n_sig:
-        verdict = f"as in the paper, {n_sig} of {len(ctrl)} control clamps significantly degraded the benchmarks"
-    else:
-        verdict = f"unlike the paper, none of the {len(ctrl)} control clamps significantly degraded the benchmarks"
-    return (
-        f"Control features: {verdict} (largest loss {fmt_pts(worst.capability_loss)} for {worst.condition}; "
-        f"its unsafe-refusal gain {fmt_pts(worst.safety_gain)})."
-    )
-
-
-def _conditional(derived: Sequence[Derived]) -> str:
-    cond = [d for d in derived if d.kind == "conditional"]
-    goal = f"keep >= {GOAL_GAIN_KEPT:.0%} of the unsafe-refusal gain with safe over-refusal <= x{GOAL_OVER_REFUSAL}"
-    if not cond:
-        return f"Conditional steering was not measured (goal: {goal})."
-    b = best_conditional(derived)
-    if b is None:
-        return (
-            f"Conditional steering could not be judged against the goal ({goal}): its unconditional clamps "
-            "raised no unsafe refusals to keep, or a safety metric is missing."
-        )
-    met = goal_met(b)
-    n_met = sum(1 for d in cond if goal_met(d))
-    if met:
-        head = f"Conditional steering met the goal ({goal}) in {n_met} of {len(cond)} settings"
-    else:
-        head = f"Conditional steering did not meet the goal ({goal}) in any of {len(cond)} settings"
-    return (
-        f"{head}: {b.condition} kept {fmt_share(b.gain_kept)} of the gain of {b.unconditional} "
-        f"(gain {fmt_pts(b.safety_gain)}) with over-refusal {fmt_ratio(b.over_refusal)} and capability loss "
-        f"{fmt_pts(b.capability_loss)} (the goal is judged on the point estimates; the intervals show how firmly)."
-    )
-
-
-def _direction(derived: Sequence[Derived]) -> str:
-    dirs = [d for d in derived if d.kind == "direction" and d.safety_gain is not None]
-    if not dirs:
-        return ""
-    best = max(dirs, key=lambda d: d.safety_gain.value if d.safety_gain else -math.inf)
-    return (
-        f"The difference-in-means baseline ({best.condition}) gained {fmt_pts(best.safety_gain)} of unsafe "
-        f"refusal at a capability loss of {fmt_pts(best.capability_loss)} and over-refusal "
-        f"{fmt_ratio(best.over_refusal)}."
-    )
-
-
-def _multiturn(table: ResultsTable, derived: Sequence[Derived]) -> str:
-    h = headline(derived)
-    if h is None or h.asr_drop is None:
-        return ""
-    return (
-        f"Multi-turn attack success went from {_rate(table, 'baseline', 'multiturn_asr')} to "
-        f"{_rate(table, h.condition, 'multiturn_asr')} under {h.condition} (drop {fmt_pts(h.asr_drop)}; paper, "
-        f"Crescendo: {PAPER.multiturn_asr[0]}% -> {PAPER.multiturn_asr[1]}%)."
-    )
-
-
-def findings(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
-    """The findings paragraph, as sentences (trade-off, control, conditional, direction, multi-turn)."""
-    parts = [
-        _trade_off(table, derived),
-        _control(derived),
-        _conditional(derived),
-        _direction(derived),
-        _multiturn(table, derived),
+def _clamp(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[str]:
+    d = _by_name(derived).get(h.clamp or "")
+    if d is None:
+        return ["No refusal-feature clamp was measured."]
+    how = "chosen on dev prompts" if h.dev else "first in the grid (no dev choice recorded)"
+    out = [
+        f"Headline clamp {d.condition} ({how}). "
+        + claim("Unsafe-refusal gain", d.safety_gain, table, "unsafe_refusal", d.condition)
+        + ".",  # fmt: skip
+        claim("Safe-prompt over-refusal", d.over_refusal_diff, table, "safe_refusal", d.condition)
+        + f"; ratio {fmt_ratio(d.over_refusal)} (paper: x{PAPER.over_refusal}).",
     ]
-    return [p for p in parts if p]
+    caps = capability_claims(table, d)
+    if caps:
+        out.append("Capability under this clamp: " + "; ".join(caps) + ".")
+    return out
+
+
+def _control(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
+    out = []
+    for d in (d for d in derived if d.kind == "control"):
+        parts = [claim("unsafe-refusal change", d.safety_gain, table, "unsafe_refusal", d.condition)]
+        parts += capability_claims(table, d)
+        out.append(f"Control {d.condition}: " + "; ".join(parts) + f". (Paper: {PAPER.control}.)")
+    return out
+
+
+def _gate(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[str]:
+    d = _by_name(derived).get(h.gate or "")
+    if d is None:
+        return []
+    goal = f"goal: keep >= {GOAL_GAIN_KEPT:.0%} of the gain with over-refusal <= x{GOAL_OVER_REFUSAL}"
+    kept = d.gain_kept
+    verdict = ""
+    if kept is not None and d.over_refusal is not None and math.isfinite(kept.lo):
+        if kept.lo >= GOAL_GAIN_KEPT and d.over_refusal.hi <= GOAL_OVER_REFUSAL:
+            verdict = " The goal is met with both intervals inside it."
+        elif kept.hi < GOAL_GAIN_KEPT or d.over_refusal.lo > GOAL_OVER_REFUSAL:
+            verdict = " The goal is missed: an interval lies wholly outside it."
+        else:
+            verdict = " Whether the goal is met is not resolved at this n (an interval straddles its bound)."
+    return [
+        f"Gated clamp {d.condition} ({goal}): kept {fmt_share(kept)} of the clamp's gain; "
+        + claim("unsafe-refusal gain", d.safety_gain, table, "unsafe_refusal", d.condition)
+        + "; "
+        + claim("over-refusal", d.over_refusal_diff, table, "safe_refusal", d.condition)
+        + "."
+        + verdict
+    ]
+
+
+def _direction(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
+    return [
+        f"Direction baseline {d.condition}: "
+        + claim("unsafe-refusal gain", d.safety_gain, table, "unsafe_refusal", d.condition)
+        + "; "
+        + claim("over-refusal", d.over_refusal_diff, table, "safe_refusal", d.condition)
+        + "."
+        for d in derived
+        if d.kind == "direction"
+    ]
+
+
+def _multiturn(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[str]:
+    d = _by_name(derived).get(h.clamp or "")
+    if d is None:
+        return []
+    out = []
+    for metric, drop in d.asr_drops.items():
+        base = table.get("baseline", metric)
+        label = METRIC_LABELS.get(metric, metric)
+        if base is not None:
+            out.append(
+                f"{label}: baseline {100 * base.score:.1f}% (n={base.n}); "
+                + claim(f"drop under {d.condition}", drop, table, metric, d.condition)
+                + "."
+            )
+    return out
+
+
+def _seeds(seeds: Mapping[str, object] | None) -> list[str]:
+    if not seeds or not isinstance(seeds.get("gain"), Mapping):
+        return []
+    g = seeds["gain"]
+    assert isinstance(g, Mapping)
+    same = "the same feature (or a decoder-cosine match) every time" if seeds.get("all_match") else (
+        "different features across seeds")  # fmt: skip
+    return [
+        f"Across {g['n_seeds']} SAE seeds the headline gain ranged {100 * g['min']:+.1f} to {100 * g['max']:+.1f} pts "
+        f"(sd {100 * g['sd']:.1f}); discovery chose {same}. Where this spread is wider than an interval above, "
+        "the spread is the better guide."
+    ]
+
+
+def findings(
+    table: ResultsTable,
+    derived: Sequence[Derived],
+    headline: Headline | None = None,
+    seeds: Mapping[str, object] | None = None,
+) -> list[str]:
+    """The findings, as short claims: headline clamp, control, gate, direction, multi-turn, seed spread."""
+    h = headline or default_headline(derived)
+    return [
+        *_clamp(table, derived, h),
+        *_control(table, derived),
+        *_gate(table, derived, h),
+        *_direction(table, derived),
+        *_multiturn(table, derived, h),
+        *_seeds(seeds),
+    ]

@@ -1,4 +1,5 @@
-"""Plots of a sweep: safety gain vs capability loss (with the Pareto front) and one bar chart per metric.
+"""Plots of a sweep: safety gain against a cost (capability loss, over-refusal) with the Pareto front, and one
+bar chart per metric.
 
 matplotlib is an optional extra (``pip install 'saesteer[plot]'``); it is imported only when a plot is
 drawn, with the non-interactive Agg backend, and a missing install raises a one-line :class:`SaesteerError`.
@@ -83,27 +84,40 @@ def _err(e: Any, scale: float) -> tuple[float, float]:
     return (max(0.0, minus), max(0.0, plus))
 
 
-def plot_pareto(
-    derived: Sequence[Derived], out_stem: str | os.PathLike[str], title: str = "Safety gain vs capability loss"
-) -> list[Path]:
-    """Safety gain (y) vs capability loss (x), in percentage points, one labelled point per condition.
+COSTS = {  # cost attribute of Derived -> (x label, title)
+    "capability_loss": (
+        "capability loss (percentage points, baseline - steered; lower is better)",
+        "Safety gain vs capability loss",
+    ),
+    "over_refusal_diff": (
+        "over-refusal (points of safe-prompt refusal, steered - baseline; lower is better)",
+        "Safety gain vs over-refusal",
+    ),
+}
 
-    95% intervals as error bars, the Pareto front (most gain for the least loss) as a dashed line with its
-    points ringed. Writes ``<out_stem>.png`` and ``.svg`` and returns their paths.
+
+def plot_pareto(
+    derived: Sequence[Derived], out_stem: str | os.PathLike[str], cost: str = "capability_loss"
+) -> list[Path]:
+    """Safety gain (y) vs a cost (x: ``capability_loss`` or ``over_refusal_diff``), in percentage points.
+
+    One labelled point per condition, 95% intervals as error bars, the Pareto front (most gain for the least
+    cost) as a dashed line with its points ringed. Writes ``<out_stem>.png`` and ``.svg``; returns their paths.
     """
-    pts = pareto_points(derived)
+    if cost not in COSTS:
+        raise SaesteerError(f"unknown cost {cost!r}; use one of {', '.join(COSTS)}")
+    xlabel, title = COSTS[cost]
+    pts = pareto_points(derived, cost)
     if not pts:
-        raise SaesteerError(
-            "nothing to plot: no condition has both an unsafe-refusal and a capability result; run those metrics"
-        )
+        raise SaesteerError(f"nothing to plot: no condition has both an unsafe-refusal result and {cost}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 5.5))
-    coords = [(100 * d.safety_gain.value, 100 * d.capability_loss.value) for d in pts]  # type: ignore[union-attr]
+    coords = [(100 * d.safety_gain.value, 100 * getattr(d, cost).value) for d in pts]  # type: ignore[union-attr]
     front = set(pareto_front(coords))
     seen: set[str] = set()
     for i, d in enumerate(pts):
         colour, marker, label = KIND_STYLE.get(d.kind, ("#9467bd", "o", d.kind))
-        gain, loss = d.safety_gain, d.capability_loss
+        gain, loss = d.safety_gain, getattr(d, cost)
         assert gain is not None and loss is not None
         xm, xp = _err(loss, 100)
         ym, yp = _err(gain, 100)
@@ -124,7 +138,7 @@ def plot_pareto(
         ax.scatter([], [], s=220, facecolors="none", edgecolors="black", label="Pareto front")
     ax.axhline(0, color="#bbbbbb", lw=0.6)
     ax.axvline(0, color="#bbbbbb", lw=0.6)
-    ax.set_xlabel("capability loss (percentage points, baseline - steered; lower is better)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("safety gain (points of unsafe-prompt refusal; higher is better)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best")

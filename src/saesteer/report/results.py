@@ -30,7 +30,10 @@ from saesteer.evaluation.stats import wilson, z_for
 FORMAT = "saesteer.results.v1"
 
 #: the metrics of the study (other names are allowed: a table is open to new metrics)
-METRICS = ("unsafe_refusal", "safe_refusal", "mmlu", "gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "multiturn_asr")
+METRICS = (
+    "unsafe_refusal", "safe_refusal", "humaneval", "mmlu", "gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "kl", "ce",
+    "fractured_asr", "crescendo_asr", "multiturn_asr",
+)  # fmt: skip
 #: what a condition does: no steering, clamp a refusal feature, clamp a control feature, clamp behind a
 #: gate, or add the difference-in-means direction
 KINDS = ("baseline", "refusal_feature", "control", "conditional", "direction")
@@ -42,6 +45,11 @@ METRIC_LABELS = {
     "gsm8k": "GSM8K exact match",
     "truthfulqa_mc1": "TruthfulQA MC1",
     "truthfulqa_mc2": "TruthfulQA MC2",
+    "humaneval": "HumanEval pass@1",
+    "kl": "KL divergence to the unsteered model (nats/token)",
+    "ce": "Cross-entropy on the unsteered model's responses (nats/token)",
+    "fractured_asr": "FRACTURED-SORRY-Bench attack success rate",
+    "crescendo_asr": "Crescendo attack success rate",
     "multiturn_asr": "Multi-turn attack success rate",
 }
 
@@ -168,6 +176,7 @@ class ResultsTable:
         self.path = _json_path(path) if path is not None else None
         self.meta: dict[str, Any] = dict(meta or {})
         self._rows: dict[tuple[str, str], ResultRow] = {}
+        self._items: dict[tuple[str, str], dict[str, float]] = {}
 
     # --- access ----------------------------------------------------------------------------------------------
 
@@ -187,6 +196,10 @@ class ResultsTable:
 
     def get(self, condition: str, metric: str) -> ResultRow | None:
         return self._rows.get((condition, metric))
+
+    def items(self, condition: str, metric: str) -> dict[str, float] | None:
+        """Per-item outcomes of a cell (item id -> 0/1 or score), when they were recorded."""
+        return self._items.get((condition, metric))
 
     def conditions(self) -> list[str]:
         """Condition names in the order they first appear."""
@@ -209,8 +222,13 @@ class ResultsTable:
 
     # --- update ----------------------------------------------------------------------------------------------
 
-    def add(self, row: ResultRow, replace: bool = False, save: bool = True) -> None:
-        """Append ``row`` (and save). A finished cell is only overwritten with ``replace=True``."""
+    def add(
+        self, row: ResultRow, replace: bool = False, save: bool = True, items: Mapping[str, float] | None = None
+    ) -> None:
+        """Append ``row`` (and save). A finished cell is only overwritten with ``replace=True``.
+
+        ``items`` (item id -> outcome) are the per-item results behind the row, for paired comparisons.
+        """
         if not isinstance(row, ResultRow):
             raise TypeError(f"expected a ResultRow, got {type(row).__name__}")
         if row.cell in self._rows and not replace:
@@ -224,7 +242,11 @@ class ResultsTable:
                 f"condition {row.condition!r} was recorded as kind={old.kind} feature={old.feature} value={old.value} "
                 f"but this row says kind={row.kind} feature={row.feature} value={row.value}; give it a new name"
             )
+        if items is not None and len(items) != row.n:
+            raise SaesteerError(f"cell {row.condition!r} / {row.metric!r}: {len(items)} items for n={row.n}")
         self._rows[row.cell] = row
+        if items is not None:
+            self._items[row.cell] = {str(k): float(v) for k, v in items.items()}
         if save and self.path is not None:
             self.save()
 
@@ -237,7 +259,8 @@ class ResultsTable:
     # --- files -----------------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "meta": self.meta, "rows": [r.to_dict() for r in self._rows.values()]}
+        items = [{"condition": c, "metric": m, "values": v} for (c, m), v in self._items.items()]
+        return {"format": FORMAT, "meta": self.meta, "rows": [r.to_dict() for r in self._rows.values()], "items": items}
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -286,6 +309,14 @@ class ResultsTable:
                 raise SaesteerError(f"results file {p}: row {i} is not an object; delete the file to recompute")
             rows.append(ResultRow.from_dict(raw, where=f"results file {p}, row {i}"))
         table._load_rows(rows)
+        for i, it in enumerate(data.get("items") or []):
+            try:
+                cell, values = (str(it["condition"]), str(it["metric"])), dict(it["values"])
+                table._items[cell] = {str(k): float(v) for k, v in values.items()}
+            except (KeyError, TypeError, ValueError):
+                raise SaesteerError(
+                    f"results file {p}: item list {i} is malformed; delete the file to recompute"
+                ) from None
         return table
 
     def _load_rows(self, rows: Iterable[ResultRow]) -> None:

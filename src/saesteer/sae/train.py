@@ -9,6 +9,11 @@ matmul in bf16, and sparse decode / sparse encoder backward (see :mod:`saesteer.
 Batches come from ``batches(start_step)``: a callable returning an iterator of [N, d_in] tensors that
 starts at batch ``start_step`` (so a resumed run sees exactly the batches it had not seen yet), e.g.
 ``lambda s: store.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, start_step=s)``.
+
+Data-parallel (:func:`train_from_cache` under ``torchrun``): ``batch_size`` is the global batch; rank r
+reads the r-th of ``world`` consecutive slices of it, gradients are averaged with ``all_reduce``, so one
+step is one global batch and the throughput is ``tokens / seconds`` over all processes. Only rank 0
+writes or deletes files.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from saesteer.activations.distributed import barrier, distributed, local_device
+from saesteer.activations.store import ActivationStore
 from saesteer.config import atomic_write_json, atomic_write_text, config_to_dict, opt
 from saesteer.errors import SaesteerError
 from saesteer.sae.base import TopKSAE
@@ -72,7 +79,10 @@ class TrainConfig:
     total_tokens: int = opt(2_048_000, "training tokens (steps = total_tokens // batch_size)")
     auxk_alpha: float = opt(1 / 32, "weight of the AuxK loss that revives dead latents")
     k_aux: int | None = opt(None, "latents in the AuxK reconstruction (default d_in // 2)")
-    dead_tokens: int = opt(500_000, "a latent is dead after this many tokens without firing")
+    dead_tokens: int = opt(500_000, "AuxK revives latents that fired zero times in this many tokens")
+    dead_window: int = opt(
+        65_536, "report a latent as dead if it fired zero times in this many tokens (sae-eval uses the same window)"
+    )
     checkpoint_every: int = opt(100, "steps between checkpoints (a killed run loses at most this many)")
     keep_checkpoints: int = opt(2, "how many checkpoints to keep (older ones are deleted)")
     seed: int = opt(0, "seed of the weight initialisation and of the batch order")
@@ -132,7 +142,7 @@ def make_trainer(cfg: TrainConfig, d_in: int) -> TopKTrainer:
         d_in, cfg.d_sae, cfg.k, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_frac=cfg.decay_frac,
         total_steps=cfg.total_steps, auxk_alpha=cfg.auxk_alpha, k_aux=cfg.k_aux, dead_tokens=cfg.dead_tokens,
         compute_dtype=_COMPUTE_DTYPES[cfg.compute_dtype], device=_device(cfg.device), seed=cfg.seed,
-        betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+        betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, dead_window=cfg.dead_window,
     )  # fmt: skip
 
 
@@ -144,9 +154,12 @@ def _resume_key(cfg: TrainConfig, d_in: int) -> dict[str, Any]:
 def _try_resume(trainer: TopKTrainer, cfg: TrainConfig, d_in: int, ckpt_dir: Path) -> list[dict[str, Any]] | None:
     """Load the newest checkpoint into ``trainer``; returns its log, or None if there is none."""
     if not cfg.resume:
-        if list_checkpoints(ckpt_dir):
+        old = list_checkpoints(ckpt_dir) if trainer.rank == 0 else []
+        if old:
             print(f"saesteer: --no-resume: deleting old checkpoints in {ckpt_dir}", file=sys.stderr)
-            shutil.rmtree(ckpt_dir)
+            for path in old:
+                shutil.rmtree(path)
+        barrier()  # the others must not look at checkpoints while rank 0 deletes them
         return None
     found = load_latest(ckpt_dir)
     if found is None:
@@ -213,7 +226,7 @@ def train_sae(
         disable=not cfg.progress or trainer.rank != 0,
         dynamic_ncols=True,
     )
-    t0, steps0 = time.perf_counter(), trainer.step
+    t0, steps0, tokens0 = time.perf_counter(), trainer.step, trainer.tokens
     try:
         for batch in itertools.islice(stream, total - trainer.step):
             stats = trainer.train_step(batch)
@@ -236,10 +249,12 @@ def train_sae(
             f"saesteer: warning: the activation source ran out after {trainer.step} of {total} steps", file=sys.stderr
         )
     ran = trainer.step - steps0
-    tok_s = ran * cfg.batch_size * trainer.world / elapsed if ran and elapsed > 0 else 0.0
+    # trainer.tokens counts every process's tokens already
+    tok_s = (trainer.tokens - tokens0) / elapsed if ran and elapsed > 0 else 0.0
     summary_path = out / "train_summary.json"
     if ran == 0 and summary_path.is_file():  # a finished run called again: keep its measured speed
-        tok_s = float(json.loads(summary_path.read_text()).get("tokens_per_s", 0.0))
+        old = json.loads(summary_path.read_text())
+        tok_s, elapsed = float(old.get("tokens_per_s", 0.0)), float(old.get("seconds", 0.0))
     elif ran:
         _checkpoint(trainer, cfg, d_in, ckpt_dir, log, out)
     meta = {"train_config": config_to_dict(cfg), **(metadata or {})}
@@ -248,7 +263,52 @@ def train_sae(
     if trainer.rank == 0:
         save_sae(sae, sae_dir)
         atomic_write_json(summary_path, {
-            "steps": trainer.step, "tokens": trainer.tokens, "tokens_per_s": tok_s,
-            "final": log[-1] if log else None, "sae_dir": str(sae_dir),
+            "steps": trainer.step, "tokens": trainer.tokens, "tokens_per_s": tok_s, "seconds": elapsed,
+            "processes": trainer.world, "dead_window": cfg.dead_window, "final": log[-1] if log else None,
+            "sae_dir": str(sae_dir),
         })  # fmt: skip
     return TrainResult(sae=sae, sae_dir=sae_dir, steps=trainer.step, tokens=trainer.tokens, tokens_per_s=tok_s, log=log)
+
+
+def rank_batches(store: ActivationStore, cfg: TrainConfig, rank: int, world: int, start: int) -> Iterator[torch.Tensor]:
+    """Batches of ``batch_size // world`` tokens for ``rank``: its slice of every global batch from ``start`` on."""
+    per = cfg.batch_size // world
+    stream = store.batches(per, shuffle=True, seed=cfg.seed, start_step=start * world)
+    return itertools.islice(stream, rank, None, world)
+
+
+def train_from_cache(
+    cfg: TrainConfig,
+    acts: str | Path,
+    *,
+    tokens_from: str = "all",
+    expect_model: str | None = None,
+    expect_hook: str | None = None,
+) -> TrainResult:
+    """Train on a harvested activation cache; data-parallel when started by ``torchrun``.
+
+    Opens (and closes) the process group, gives each rank its slice of every global batch, and records the
+    cache in the SAE's metadata. ``tokens_from`` picks ``all``, ``corpus`` or ``chat`` tokens.
+    """
+    store = ActivationStore(acts, source=tokens_from)
+    store.check_matches(model=expect_model, hook_name=expect_hook)
+    with distributed(cfg.device) as (rank, world):
+        if cfg.batch_size % world:
+            raise SaesteerError(f"batch_size {cfg.batch_size} must divide evenly over {world} processes")
+        if world > 1:
+            cfg = replace(cfg, device=local_device(cfg.device))
+        epochs = cfg.total_tokens / max(store.n_tokens, 1)
+        if rank == 0 and epochs > 1:
+            print(
+                f"saesteer: note: {cfg.total_tokens:,} training tokens from a cache of {store.n_tokens:,} "
+                f"(~{epochs:.1f} epochs; harvest more for fewer repeats)"
+            )
+        metadata = {
+            "activation_cache": str(Path(acts).resolve()),
+            "harvest_sources": store.manifest.get("sources"),
+            "tokens_from": tokens_from,
+        }
+        return train_sae(
+            cfg, lambda s: rank_batches(store, cfg, rank, world, s), store.d_model,
+            hook_name=store.hook_name, model_name=str(store.manifest.get("model") or ""), metadata=metadata,
+        )  # fmt: skip

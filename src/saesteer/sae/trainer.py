@@ -4,6 +4,10 @@ Parameters live in training layout: ``W_enc_t`` [d_sae, d_in] (the encoder trans
 gradient is one ``embedding_bag``) and ``W_dec`` [d_sae, d_in] with unit-norm rows. Inputs are multiplied
 by ``scale`` (E||x|| = sqrt(d_in)); :meth:`TopKTrainer.to_sae` folds it back so the saved SAE reads raw
 activations. See :mod:`saesteer.sae.train` for the loop, checkpoints and the configuration.
+
+Dead latents: ``tokens_since_fired`` counts, per latent, the tokens seen since it last fired. AuxK treats
+a latent as dead after ``dead_tokens``; the reported ``dead_frac`` uses the one definition shared with
+evaluation, zero firings in the last ``dead_window`` tokens (see :func:`saesteer.sae.metrics.activation_metrics`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ class StepStats:
     fvu: float
     auxk: float
     l0: float
-    dead_frac: float
+    dead_frac: float  # zero firings in the last dead_window tokens
     lr: float
+    aux_dead_frac: float = 0.0  # share of latents AuxK revives (no firing in dead_tokens)
 
 
 def _world() -> tuple[int, int]:
@@ -62,12 +67,14 @@ class TopKTrainer:
         seed: int,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        dead_window: int | None = None,
     ):
         if not 1 <= k <= d_sae:
             raise SaesteerError(f"Top-k SAE needs 1 <= k <= d_sae (got k={k}, d_sae={d_sae})")
         self.d_in, self.d_sae, self.k = d_in, d_sae, k
         self.lr, self.warmup_steps, self.decay_frac, self.total_steps = lr, warmup_steps, decay_frac, total_steps
         self.auxk_alpha, self.dead_tokens = auxk_alpha, dead_tokens
+        self.dead_window = dead_window if dead_window is not None else dead_tokens
         self.k_aux = k_aux if k_aux is not None else max(1, d_in // 2)
         self.compute_dtype, self.device = compute_dtype, device
         gen = torch.Generator().manual_seed(seed)
@@ -124,6 +131,10 @@ class TopKTrainer:
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.dead_tokens
+
+    def dead_fraction(self) -> float:
+        """Share of latents with zero firings in the last ``dead_window`` tokens (0 before that many were seen)."""
+        return (self.tokens_since_fired >= self.dead_window).float().mean().item()
 
     def aux_fraction(self, n_dead: int) -> float:
         """AuxK weight factor min(n_dead / k_aux, 1) (fewer dead latents than k_aux weigh less)."""
@@ -191,7 +202,7 @@ class TopKTrainer:
         self.tokens += n_tok
         return StepStats(
             fvu=fvu, auxk=auxk * self.aux_fraction(int(dead.sum())), l0=(out.vals > 0).sum().item() / x.shape[0],
-            dead_frac=self.dead_mask().float().mean().item(), lr=lr,
+            dead_frac=self.dead_fraction(), lr=lr, aux_dead_frac=self.dead_mask().float().mean().item(),
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------ state

@@ -38,6 +38,7 @@ from saesteer.steering.positions import (
     position_mask,
     selects_nothing,
 )
+from saesteer.steering.spec import SteeringSpec, steering_parts
 
 _ORDER = {"resid_pre": 0, "mlp_out": 1, "resid_post": 2}
 
@@ -92,6 +93,17 @@ class Steering:
         self.hooks = self._resolve_hooks(hook)
         self._validate(self.adapter)
         self.editor = Editor(sae, self.interventions, keep_error=keep_error, topk_exact=topk_exact)
+
+    @classmethod
+    def from_spec(
+        cls, model: Any, spec: SteeringSpec, tokenizer: Any = None, system_prompt: str | None = None
+    ) -> Steering:
+        """A Steering from a parsed :class:`SteeringSpec` (loads the SAE and direction files it names).
+
+        ``tokenizer`` (and the ``system_prompt`` of generation) are needed only to calibrate a gate on
+        the spec's ``gate_calibrate`` prompts.
+        """
+        return cls(model, **steering_parts(model, spec, tokenizer, system_prompt))
 
     def _resolve_hooks(self, hook: Any) -> list[HookPoint]:
         sae_hook = HookPoint.parse(self.sae.cfg.hook_name) if self.sae is not None and self.sae.cfg.hook_name else None

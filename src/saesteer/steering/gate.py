@@ -2,8 +2,10 @@
 
 A gate reads the activation at its hook point during the *prompt* forward pass (the call with an
 empty KV cache), scores every token with a :class:`Scorer`, reduces the token scores of each
-example to one number (``last`` real token, ``mean`` over real tokens, or ``tail``: the mean over
-the last ``tail`` tokens, e.g. the post-instruction template tokens), and steers the examples whose
+example to one number (``last``: the real token ``offset`` places before the last one, e.g. the
+instruction's last token when ``offset`` is the number of post-instruction template tokens; ``mean``
+over real tokens; or ``tail``: the mean over the last ``tail`` tokens, e.g. the post-instruction
+template tokens), and steers the examples whose
 score exceeds ``threshold``. The decision is per example and persists over the decode steps of
 that generation. The gate's hook point must come at or before the steering hook point, so the
 gate sees unsteered activations and decides before the first edit.
@@ -137,15 +139,18 @@ class ProjectionScorer:
         return x.to(torch.float32) @ self._w[dev] + self.bias
 
 
-def reduce_tokens(x: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int) -> torch.Tensor:
-    """Reduce (batch, seq, ...) over the tokens to (batch, ...): ``last`` real token, ``mean`` or ``tail`` mean."""
+def reduce_tokens(x: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int, offset: int = 0) -> torch.Tensor:
+    """Reduce (batch, seq, ...) over the tokens to (batch, ...): the real token ``offset`` places before the
+    ``last`` one (the first real token if the prompt is shorter), the ``mean``, or the ``tail`` mean."""
     b, t = x.shape[:2]
     if real is None:
         real = torch.ones(b, t, dtype=torch.bool, device=x.device)
     extra = (1,) * (x.ndim - 2)
     if reduce == "last":
-        last = t - 1 - real.flip(-1).to(torch.int8).argmax(-1)
-        return x[torch.arange(b, device=x.device), last]
+        from_end = real.flip(-1).to(torch.int32).cumsum(-1).flip(-1)  # real tokens at or after p
+        pick = real & (from_end <= offset + 1)  # the offset+1 last real tokens; the earliest of them is wanted
+        first = pick.to(torch.int8).argmax(-1)
+        return x[torch.arange(b, device=x.device), first]
     if reduce == "tail":
         from_end = real.flip(-1).to(torch.int32).cumsum(-1).flip(-1)  # real tokens at or after p
         real = real & (from_end <= tail)
@@ -153,9 +158,11 @@ def reduce_tokens(x: torch.Tensor, real: torch.Tensor | None, reduce: str, tail:
     return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
-def reduce_scores(scores: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int) -> torch.Tensor:
+def reduce_scores(
+    scores: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int, offset: int = 0
+) -> torch.Tensor:
     """Per-example score (batch,) from token scores (batch, seq), ignoring padding."""
-    return reduce_tokens(scores, real, reduce, tail)
+    return reduce_tokens(scores, real, reduce, tail, offset)
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,12 +174,15 @@ class Gate:
     hook: str = ""
     reduce: str = "last"
     tail: int = 5
+    offset: int = 0
 
     def __post_init__(self) -> None:
         if self.reduce not in REDUCTIONS:
             raise SaesteerError(f"unknown gate reduction {self.reduce!r}; use one of {', '.join(REDUCTIONS)}")
         if self.tail < 1:
             raise SaesteerError(f"gate tail must be >= 1, got {self.tail}")
+        if self.offset < 0 or (self.offset and self.reduce != "last"):
+            raise SaesteerError(f"gate offset {self.offset}: give an offset >= 0, and only with reduce='last'")
         if not math.isfinite(self.threshold) and self.threshold != -math.inf:
             raise SaesteerError(f"gate threshold is {self.threshold}; give a finite number")
         hook = self.hook or getattr(self.scorer, "hook_name", "")
@@ -189,7 +199,7 @@ class Gate:
 
     def scores(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
         """Per-example scores (batch,) of a prompt activation (batch, seq, d_model)."""
-        return reduce_scores(self.scorer.token_scores(x), real, self.reduce, self.tail)
+        return reduce_scores(self.scorer.token_scores(x), real, self.reduce, self.tail, self.offset)
 
     def decide(self, scores: torch.Tensor) -> torch.Tensor:
         """Which examples to steer (batch,) bool."""
@@ -272,6 +282,7 @@ def prompt_activations(
     tail: int = 5,
     batch_size: int = 16,
     system_prompt: str | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Per-prompt activations (N, d_model) at ``hook``, reduced over tokens the way a :class:`Gate` reduces
     scores; a linear probe fit on them scores prompts exactly as the gate will (mean and tail are linear)."""
@@ -279,7 +290,7 @@ def prompt_activations(
         raise SaesteerError(f"unknown reduction {reduce!r}; use one of {', '.join(REDUCTIONS)}")
 
     def pool(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        return reduce_tokens(x.float(), real, reduce, tail)
+        return reduce_tokens(x.float(), real, reduce, tail, offset)
 
     ad, out = _per_prompt(adapter, tokenizer, prompts, hook, pool, batch_size, system_prompt)
     return torch.cat(out) if out else torch.zeros(0, ad.d_model)

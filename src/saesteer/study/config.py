@@ -1,134 +1,278 @@
-"""The study's configuration and its profiles (CPU default, GPU with paper-sized samples)."""
+"""The study's configuration: the stage configs, nested, and profiles that size them.
+
+``StudyConfig`` composes the configs of the stages it runs (harvest, SAE training, feature discovery, the
+sweep design, generation, safety, capability and multi-turn evaluation) plus the few settings that are the
+study's own (where it writes, the hook, the seed, the dev-split sizes). A profile is a set of defaults for
+those nested fields; ``StudyConfig.from_profile("cpu", {"train.d_sae": 4096})`` starts from the profile and
+applies the overrides (nested dicts or dotted keys; an unknown key is an error).
+
+The study sets some nested fields itself (paths, hook, seed, data directory: :data:`STUDY_OWNED`), so they
+are the same in every stage; :meth:`StudyConfig.validate` rejects a value there with the study-level
+option to use instead.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from saesteer.activations.harvest import HarvestConfig
 from saesteer.config import opt
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.capability import CapabilityConfig
+from saesteer.evaluation.multiturn import MultiTurnConfig
+from saesteer.evaluation.safety import SafetyConfig
+from saesteer.features.config import FindFeaturesConfig
+from saesteer.model.generation import GenerationConfig
+from saesteer.sae.train import TrainConfig
+from saesteer.study.design import SweepConfig
 
-# Sizes for this 2-core CPU (the default) and for a GPU (closer to the paper's samples). A field the
-# user sets explicitly wins over its profile value.
-PROFILES: dict[str, dict[str, Any]] = {
-    "cpu": {  # the issue-3 SAE (2M tokens, 16k latents, k=32) and small samples: about 1 h on 2 cores
-        "n_tokens": 2_000_000,
-        "safety_n": 30,
-        "alpaca_n": 30,
-        "max_new_tokens": 16,
-        "mmlu_n": 100,
-        "mmlu_shots": 0,
-        "truthfulqa_n": 30,
-        "gsm8k_n": 6,
-        "gsm8k_shots": 2,
-        "gsm8k_max_new_tokens": 128,
-        "multiturn_n": 8,
-        "multiturn_steps": 2,
-        "crescendo_n": 0,
-        "find_n": 32,
-        "find_screen": 16,
-        "find_generate": 3,
-        "chat_n": 200,
-        "chat_tokens": 48,
-    },
-    "gpu": {
-        "n_tokens": 20_000_000,
-        "safety_n": 0,
-        "alpaca_n": 250,
-        "max_new_tokens": 64,
-        "mmlu_n": 2000,
-        "mmlu_shots": 5,
-        "truthfulqa_n": 817,
-        "gsm8k_n": 500,
-        "gsm8k_shots": 8,
-        "gsm8k_max_new_tokens": 256,
-        "multiturn_n": 100,
-        "multiturn_steps": 0,
-        "crescendo_n": 30,
-        "find_n": 80,
-        "find_screen": 60,
-        "find_generate": 10,
-        "chat_n": 1000,
-        "chat_tokens": 128,
-    },
-    "tiny": {  # a smoke run of the whole pipeline in minutes (used by the tests)
-        "n_tokens": 40_000,
-        "safety_n": 6,
-        "alpaca_n": 6,
-        "max_new_tokens": 6,
-        "mmlu_n": 4,
-        "mmlu_shots": 0,
-        "truthfulqa_n": 3,
-        "gsm8k_n": 1,
-        "gsm8k_shots": 0,
-        "gsm8k_max_new_tokens": 8,
-        "multiturn_n": 2,
-        "multiturn_steps": 2,
-        "crescendo_n": 0,
-        "find_n": 6,
-        "find_screen": 3,
-        "find_generate": 1,
-        "chat_n": 8,
-        "chat_tokens": 12,
-    },
-}
+
+@dataclass
+class ChatDataConfig:
+    """The model's own chat conversations that join the harvest (so the SAE sees chat-formatted text)."""
+
+    n: int = opt(200, "harmful and harmless prompts (each) whose conversations join the harvest")
+    max_new_tokens: int = opt(48, "tokens of the model's own response in each conversation")
+
+
+@dataclass
+class DevConfig:
+    """Sizes of the dev-split stages (none of these prompts is ever scored as a test result)."""
+
+    direction_n: int = opt(64, "harmful and harmless prompts (each) of the difference-in-means direction")
+    probe_n: int = opt(120, "harmful prompts the harm probe of a probe gate is fit on (harmless: twice as many)")
+    gate_calibration_n: int = opt(64, "harmless prompts the gate thresholds are calibrated on")
+    choice_n: int = opt(24, "prompts per side on which the headline clamp value and gate are chosen")
+    sae_eval_texts: int = opt(32, "corpus texts of the spliced SAE metrics (CE / KL increase)")
+
+
+@dataclass
+class EvaluateConfig:
+    """What the sweep measures beyond the stage configs."""
+
+    crescendo_n: int = opt(0, "Crescendo objectives (0 = skip the attacker loop)")
+    multiturn_max_new_tokens: int = opt(48, "tokens per target turn in the multi-turn attacks")
+    capability_on: str = opt(
+        "headline",
+        "conditions the capability benchmarks run on: headline (baseline, dev-chosen clamp, control, best gate, "
+        "direction) or all",
+    )
+    examples: int = opt(3, "example completions per condition shown side by side in the report")
 
 
 @dataclass
 class StudyConfig:
-    """``saesteer reproduce``: harvest -> train SAE -> find features -> sweep -> evaluate -> report."""
+    """``saesteer reproduce``: harvest -> train SAE -> find features -> choose on dev -> sweep -> report."""
 
-    profile: str = opt("cpu", "sample sizes: cpu (this 2-core machine, ~1 h), gpu (paper-sized samples), tiny")
+    profile: str = opt("cpu", "sample sizes: tiny (smoke), cpu (~1 h on 2 cores), full (~2.5 h), gpu (paper-sized)")
     out_dir: str = opt("runs/reproduce", "where every stage writes (each stage cached by its inputs, resumable)")
-    report_dir: str | None = opt(None, "also copy the report (Markdown, HTML, plots) here, e.g. docs/reproduce")
+    report_dir: str | None = opt(
+        None, "also publish the report here (a new or empty folder, or an earlier report it replaces)"
+    )
     data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data; none: built-ins)")
     hook: str = opt("blocks.12.hook_resid_post", "hook point of the SAE and the steering")
     acts: str | None = opt(None, "reuse this activation cache instead of harvesting")
     sae: str | None = opt(None, "reuse this SAE folder (SAELens layout) instead of harvesting and training")
-    n_tokens: int | None = opt(None, "training tokens to harvest (default: the profile's)")
-    d_sae: int = opt(16384, "SAE latents")
-    k: int = opt(32, "SAE active latents per token")
-    chat_fraction: float = opt(0.1, "share of harvest windows from chat conversations (with the model's responses)")
-    clamp_multiples: list[float] = opt([1.0, 2.0], "refusal-feature clamp values, as multiples of its max activation")
-    direction_coeffs: list[float] = opt([1.0], "difference-in-means baseline: x + C * r (r has the mean-diff norm)")
-    gate: str = opt(
-        "probe:mean,direction:last",
-        "conditional steering's harm detectors, side by side: probe (logistic regression on prompt activations, fit "
-        "on dev prompts disjoint from the test sets), direction (difference-in-means projection) or feature; each "
-        "with its token reduction (mean, last or tail)",
-    )
-    gate_fpr: float = opt(0.05, "conditional steering: gate threshold set to this false-positive rate on harmless")
-    safety_n: int | None = opt(None, "prompts per safety set (0 = all; default: the profile's)")
-    alpaca_n: int | None = opt(None, "Alpaca prompts in the safe sets")
-    max_new_tokens: int | None = opt(None, "tokens generated per safety prompt (refusals start early)")
-    mmlu_n: int | None = opt(None, "MMLU questions")
-    mmlu_shots: int | None = opt(None, "MMLU shots")
-    truthfulqa_n: int | None = opt(None, "TruthfulQA MC questions")
-    gsm8k_n: int | None = opt(None, "GSM8K problems")
-    gsm8k_shots: int | None = opt(None, "GSM8K shots")
-    gsm8k_max_new_tokens: int | None = opt(None, "GSM8K tokens per answer")
-    multiturn_n: int | None = opt(None, "FRACTURED-SORRY-Bench escalations")
-    multiturn_steps: int | None = opt(None, "keep the last N sub-questions of each escalation (0 = all)")
-    crescendo_n: int | None = opt(None, "Crescendo objectives (0 = skip the attacker loop)")
-    find_n: int | None = opt(None, "dev prompts per side in feature discovery")
-    find_screen: int | None = opt(None, "features cheap-screened in discovery")
-    find_generate: int | None = opt(None, "features screened by generation in discovery")
-    chat_n: int | None = opt(None, "harmful and harmless prompts whose chat conversations join the harvest (each)")
-    chat_tokens: int | None = opt(None, "tokens of the model's own responses in those conversations")
-    batch_size: int = opt(16, "prompts per batch")
-    seed: int = opt(0, "seed of every sample")
+    seed: int = opt(0, "seed of every sample, of the SAE initialisation and of the batch order")
+    seeds: int = opt(1, "repeat SAE training, feature discovery and the headline conditions over this many seeds")
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    chat: ChatDataConfig = field(default_factory=ChatDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    features: FindFeaturesConfig = field(default_factory=FindFeaturesConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    dev: DevConfig = field(default_factory=DevConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    capability: CapabilityConfig = field(default_factory=CapabilityConfig)
+    multiturn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
-    def resolved(self) -> StudyConfig:
-        """A copy with every unset size filled from the profile."""
+    @classmethod
+    def from_profile(cls, profile: str = "cpu", overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+        """The profile's config with ``overrides`` applied (nested dicts or dotted keys), validated."""
+        if profile not in PROFILES:
+            raise SaesteerError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+        cfg = cls(profile=profile)
+        apply_overrides(cfg, STUDY_DEFAULTS, where="study defaults")
+        apply_overrides(cfg, PROFILES[profile], where=f"profile {profile}")
+        apply_overrides(cfg, overrides or {})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise a one-line error for a bad profile, seed count or a study-owned nested field that was set."""
         if self.profile not in PROFILES:
             raise SaesteerError(f"unknown profile {self.profile!r}; use one of {', '.join(PROFILES)}")
-        prof = PROFILES[self.profile]
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key, value in prof.items():
-            if values.get(key) is None:
-                values[key] = value
-        return StudyConfig(**values)
+        if self.seeds < 1:
+            raise SaesteerError(f"seeds={self.seeds}; use 1 or more")
+        if self.evaluate.capability_on not in ("headline", "all"):
+            raise SaesteerError(f"evaluate.capability_on={self.evaluate.capability_on!r}; use headline or all")
+        for dotted, top in STUDY_OWNED.items():
+            section, name = dotted.split(".")
+            sub = getattr(self, section)
+            f = next(f for f in dataclasses.fields(sub) if f.name == name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+            if getattr(sub, name) != default:
+                raise SaesteerError(f"{dotted} is set by the study; set {top} instead")
 
-    def size(self, name: str) -> int:
-        value = getattr(self.resolved() if getattr(self, name) is None else self, name)
-        return int(value)
+
+#: nested fields the study sets itself -> the study-level option that sets them
+STUDY_OWNED: dict[str, str] = {
+    "harvest.out_dir": "out_dir",
+    "harvest.hook": "hook",
+    "harvest.corpus": "data_dir (the corpus is the data directory's, else the built-in one)",
+    "harvest.chat_file": "chat.n / chat.max_new_tokens",
+    "harvest.seed": "seed",
+    "train.out_dir": "out_dir",
+    "train.seed": "seed",
+    "train.total_tokens": "harvest.n_tokens (the SAE trains on every harvested token once)",
+    "features.sae": "sae",
+    "features.out": "out_dir",
+    "features.data_dir": "data_dir",
+    "features.seed": "seed",
+    "features.harmful": "the split plan (saesteer.evaluation.selection): the screen's dev prompts",
+    "features.harmless": "the split plan (saesteer.evaluation.selection): the screen's dev prompts",
+    "features.rank_harmful": "the split plan (saesteer.evaluation.selection): the rankers' dev prompts",
+    "features.rank_harmless": "the split plan (saesteer.evaluation.selection): the rankers' dev prompts",
+    "features.n_harmless": "features.n_harmful (the screen draws the same number per side)",
+    "features.control_multiple": "sweep.clamp_values (the control is checked at the strongest clamp)",
+    "safety.data_dir": "data_dir",
+    "safety.seed": "seed",
+    "capability.data_dir": "data_dir",
+    "capability.seed": "seed",
+    "multiturn.data_dir": "data_dir",
+    "multiturn.seed": "seed",
+    "multiturn.checkpoint": "out_dir",
+    "generation.seed": "seed",
+}
+
+#: the study's own defaults, under every profile
+STUDY_DEFAULTS: dict[str, Any] = {
+    "sweep.clamp_values": [1.0, 2.0],
+    "sweep.clamp_units": "max",
+    "sweep.gate": "probe:mean,direction:last",
+    "sweep.direction_coeffs": [1.0],
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {  # a smoke run of the whole pipeline in minutes (the tests use it)
+        "harvest.n_tokens": 40_000,
+        "harvest.held_out_tokens": 4096,
+        "harvest.shard_tokens": 8192,
+        "chat.n": 8,
+        "chat.max_new_tokens": 12,
+        "train.batch_size": 800,
+        "features.n_harmful": 6,
+        "features.n_rank": 12,
+        "features.n_attribution": 6,
+        "features.max_screen": 3,
+        "features.n_generate": 1,
+        "dev.direction_n": 8,
+        "dev.probe_n": 8,
+        "dev.gate_calibration_n": 8,
+        "dev.choice_n": 4,
+        "dev.sae_eval_texts": 4,
+        "generation.max_new_tokens": 6,
+        "safety.n": 6,
+        "safety.alpaca_n": 6,
+        "capability.mmlu_n": 4,
+        "capability.mmlu_shots": 0,
+        "capability.truthfulqa_n": 3,
+        "capability.gsm8k_n": 1,
+        "capability.gsm8k_shots": 0,
+        "capability.gsm8k_max_new_tokens": 8,
+        "multiturn.n": 2,
+        "multiturn.max_steps": 2,
+        "evaluate.examples": 2,
+    },
+    "cpu": {  # the default: a 2M-token, 16k-latent SAE and small samples, about 1 h on 2 CPU cores
+        "harvest.n_tokens": 2_000_000,
+        "harvest.held_out_tokens": 65_536,
+        "harvest.shard_tokens": 250_000,
+        "chat.n": 200,
+        "chat.max_new_tokens": 48,
+        "train.batch_size": 4096,
+        "features.n_harmful": 32,
+        "features.n_rank": 64,
+        "features.n_attribution": 32,
+        "features.max_screen": 16,
+        "features.n_generate": 3,
+        "generation.max_new_tokens": 16,
+        "safety.n": 30,
+        "safety.alpaca_n": 30,
+        "capability.mmlu_n": 57,
+        "capability.mmlu_shots": 5,
+        "capability.truthfulqa_n": 30,
+        "capability.gsm8k_n": 6,
+        "capability.gsm8k_shots": 2,
+        "capability.gsm8k_max_new_tokens": 128,
+        "multiturn.n": 8,
+        "multiturn.max_steps": 2,
+    },
+    "gpu": {  # paper-sized samples
+        "harvest.n_tokens": 20_000_000,
+        "harvest.held_out_tokens": 65_536,
+        "harvest.shard_tokens": 262_144,
+        "chat.n": 1000,
+        "chat.max_new_tokens": 128,
+        "train.batch_size": 4096,
+        "features.n_harmful": 80,
+        "features.max_screen": 60,
+        "features.n_generate": 10,
+        "generation.max_new_tokens": 64,
+        "safety.n": None,
+        "safety.alpaca_n": 250,
+        "capability.mmlu_n": 2000,
+        "capability.mmlu_shots": 5,
+        "capability.truthfulqa_n": 817,
+        "capability.gsm8k_n": 500,
+        "capability.gsm8k_shots": 8,
+        "capability.gsm8k_max_new_tokens": 256,
+        "multiturn.n": 100,
+        "evaluate.crescendo_n": 30,
+        "evaluate.capability_on": "all",
+    },
+}
+# the full profile: the cpu profile's harvest and SAE (same stage keys, so its caches are reused) and
+# test sets at their full size; capability on the headline conditions only
+PROFILES["full"] = {
+    **PROFILES["cpu"],
+    "generation.max_new_tokens": 24,
+    "safety.n": None,
+    "safety.alpaca_n": 300,
+    "capability.mmlu_n": 570,
+    "capability.mmlu_shots": 5,
+    "capability.truthfulqa_n": 200,
+    "capability.gsm8k_n": 150,
+    "capability.gsm8k_shots": 4,
+    "capability.gsm8k_max_new_tokens": 256,
+    "multiturn.n": 60,
+    "evaluate.crescendo_n": 20,
+    "evaluate.capability_on": "headline",
+}
+
+
+def apply_overrides(cfg: Any, overrides: Mapping[str, Any], where: str = "config") -> None:
+    """Set ``cfg``'s (nested) fields from ``overrides``: ``{"train": {"k": 16}}`` or ``{"train.k": 16}``."""
+    for key, value in overrides.items():
+        head, _, rest = str(key).partition(".")
+        names = {f.name for f in dataclasses.fields(cfg)}
+        if head not in names:
+            raise SaesteerError(
+                f"{where}: unknown option {key!r} of {type(cfg).__name__}; known: {', '.join(sorted(names))}"
+            )
+        current = getattr(cfg, head)
+        if rest:
+            if not dataclasses.is_dataclass(current):
+                raise SaesteerError(f"{where}: {head!r} has no sub-options (got {key!r})")
+            apply_overrides(current, {rest: value}, where)
+        elif dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            apply_overrides(current, value, where)
+        elif dataclasses.is_dataclass(current):
+            raise SaesteerError(f"{where}: {key!r} is a section; give a mapping of its options")
+        else:
+            setattr(cfg, head, copy.deepcopy(value))

@@ -1,34 +1,40 @@
-"""Evaluate one sweep condition: safety, capability and multi-turn metrics under its steering.
+"""Evaluate one sweep condition on the test prompts: safety, capability, multi-turn, and its gate's firing rate.
 
-Every (condition, metric) cell is appended to the results table as soon as it is measured, so an
+Every (condition, metric) cell is appended to the results table with its per-item outcomes (prompt or item
+id -> 0/1 or score) as soon as it is measured, so conditions can be compared item by item (paired) and an
 interrupted sweep resumes without recomputing finished cells.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import CapabilityConfig, run_capability
-from saesteer.evaluation.multiturn import MultiTurnConfig, run_multiturn
-from saesteer.evaluation.safety import CompletionCache, SafetyConfig, default_sets, safety_suite
+from saesteer.evaluation.capability import run_capability
+from saesteer.evaluation.datasets import has_data
+from saesteer.evaluation.multiturn import run_multiturn
+from saesteer.evaluation.safety import CompletionCache, refusal_rate
 from saesteer.model.generation import GenerationConfig
 from saesteer.report.results import ResultsTable
-from saesteer.report.sweep import Condition
 from saesteer.sae.base import SAE
 from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.engine import Steering
 from saesteer.steering.gate import FeatureScorer, Gate, ProjectionScorer, prompt_scores
 from saesteer.steering.interventions import ClampFeature
 from saesteer.study.config import StudyConfig
+from saesteer.study.design import Condition
+from saesteer.study.prompts import StudyPrompts
 
 SAFETY_METRICS = ("unsafe_refusal", "safe_refusal")
 CAPABILITY_METRICS = ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k")
-MULTITURN_METRICS = ("multiturn_asr",)
+MULTITURN_METRICS = ("fractured_asr", "crescendo_asr")
+#: the per-item outcome of each capability metric's records
+ITEM_KEYS = {"truthfulqa_mc1": "mc1_correct", "truthfulqa_mc2": "mc2_true_mass"}
 
 
 @dataclass
@@ -41,10 +47,32 @@ class SweepContext:
     sae: SAE
     direction: RefusalDirection
     cfg: StudyConfig
-    gate_dev_prompts: list[str]
+    prompts: StudyPrompts
+    calibration: list[str]  # harmless dev prompts the gate thresholds are set on
     cache: CompletionCache
+    capability_conditions: set[str]
+    safety_only: bool = False
     log: Callable[[str], None] = print
     probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate, fit at cfg.hook
+
+
+def build_gate(ctx: SweepContext, g: Mapping[str, Any]) -> Gate:
+    """A condition's gate, its threshold calibrated on the harmless calibration prompts when not given."""
+    scorer: Any
+    if g["type"] == "feature":
+        scorer, hook = FeatureScorer(ctx.sae, int(g["feature"])), ctx.sae.cfg.hook_name
+    elif g["type"] == "probe":
+        if ctx.probe is None:
+            raise SaesteerError("a probe gate needs a fitted probe; fit one with saesteer.steering.gate.fit_probe")
+        scorer, hook = ctx.probe, ctx.cfg.hook
+    else:
+        scorer, hook = ctx.direction.scorer(), ctx.direction.hook
+    gate = Gate(scorer=scorer, hook=hook, reduce=g.get("reduce", "last"), tail=int(g.get("tail", 5)))
+    if g.get("threshold") is not None:
+        return gate.with_threshold(float(g["threshold"]))
+    bs = ctx.cfg.generation.batch_size
+    scores = prompt_scores(ctx.model, ctx.tokenizer, ctx.calibration, gate, bs)
+    return gate.calibrated(scores, float(g.get("fpr", ctx.cfg.sweep.gate_fpr)))
 
 
 def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
@@ -61,29 +89,7 @@ def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
             edits.append(ctx.direction.add(float(iv["coeff"])))
         else:
             raise ValueError(f"unknown intervention op {iv['op']!r}")
-    gate = None
-    if cond.gate is not None:
-        g = cond.gate
-        scorer: Any
-        if g["type"] == "feature":
-            scorer, gate_hook = FeatureScorer(ctx.sae, int(g["feature"])), ctx.sae.cfg.hook_name
-        elif g["type"] == "probe":
-            if ctx.probe is None:
-                raise SaesteerError("a probe gate needs a fitted probe; fit one with saesteer.steering.gate.fit_probe")
-            scorer, gate_hook = ctx.probe, ctx.cfg.hook
-        else:
-            scorer, gate_hook = ctx.direction.scorer(), ctx.direction.hook
-        gate = Gate(
-            scorer=scorer,
-            hook=gate_hook,
-            reduce=g.get("reduce", "last"),
-            tail=int(g.get("tail", 5)),
-        )
-        if g.get("threshold") is None:
-            scores = prompt_scores(ctx.model, ctx.tokenizer, ctx.gate_dev_prompts, gate, ctx.cfg.batch_size)
-            gate = gate.calibrated(scores, float(g.get("fpr", ctx.cfg.gate_fpr)))
-        else:
-            gate = gate.with_threshold(float(g["threshold"]))
+    gate = build_gate(ctx, cond.gate) if cond.gate is not None else None
     hook = ctx.sae.cfg.hook_name if uses_sae else ctx.direction.hook
     return Steering(ctx.model, ctx.sae if uses_sae else None, edits, hook=hook, positions="all", gate=gate)
 
@@ -95,106 +101,107 @@ def steered(ctx: SweepContext, steering: Steering | None) -> Iterator[None]:
 
 
 def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) -> None:
-    """Measure every missing metric of ``cond`` and append the rows to ``table``."""
-    cfg = ctx.cfg
+    """Measure every missing metric of ``cond`` and append the rows (with per-item outcomes) to ``table``."""
     steering = build_steering(ctx, cond)
-    gen = GenerationConfig(max_new_tokens=cfg.size("max_new_tokens"), batch_size=cfg.batch_size)
     if any(not table.has(cond.name, m) for m in SAFETY_METRICS):
-        t0 = time.time()
-        n = cfg.size("safety_n")
-        scfg = SafetyConfig(
-            sets=default_sets(cfg.data_dir),
-            n=n or None,
-            alpaca_n=cfg.size("alpaca_n"),
-            seed=cfg.seed,
-            data_dir=cfg.data_dir,
-        )
-        with steered(ctx, steering):
-            suite = safety_suite(
-                ctx.model,
-                ctx.tokenizer,
-                scfg,
-                gen,
-                cache=ctx.cache,
-                model_id=ctx.model_id,
-                steering_id=cond.key,
-                progress=True,
-            )
-        secs = time.time() - t0
-        for side, metric in (("unsafe", "unsafe_refusal"), ("safe", "safe_refusal")):
-            pooled = suite.pooled(side)
-            sets = [r.name for r in suite.results.values() if r.side == side]
-            table.add(cond.rate_row(metric, pooled.k, pooled.n, sets, secs / 2), replace=True)
-        ctx.log(
-            f"  {cond.name}: unsafe refusal {suite.pooled('unsafe').rate:.1%}, "
-            f"safe refusal {suite.pooled('safe').rate:.1%}"
-        )
-    if any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
-        ccfg = CapabilityConfig(
-            mmlu_n=cfg.size("mmlu_n"),
-            mmlu_shots=cfg.size("mmlu_shots"),
-            truthfulqa_n=cfg.size("truthfulqa_n"),
-            gsm8k_n=cfg.size("gsm8k_n"),
-            gsm8k_shots=cfg.size("gsm8k_shots"),
-            gsm8k_max_new_tokens=cfg.size("gsm8k_max_new_tokens"),
-            batch_size=max(1, cfg.batch_size // 2),
-            seed=cfg.seed,
-            data_dir=cfg.data_dir,
-            builtin=not _has_capability_data(cfg.data_dir),
-        )
-        with steered(ctx, steering):
-            results = run_capability(ctx.model, ctx.tokenizer, ccfg, progress=True)
-        for metric, r in results.items():
-            table.add(
-                cond.row(
-                    metric,
-                    n=r.n,
-                    score=r.score,
-                    ci_lo=r.ci_low,
-                    ci_hi=r.ci_high,
-                    datasets=(metric,),
-                    seconds=r.seconds,
-                    interval=r.interval,
-                ),
-                replace=True,
-            )
-        ctx.log("  " + "; ".join(r.summary() for r in results.values()))
-    if not _has_multiturn_data(cfg.data_dir):
-        if cond.kind == "baseline":
-            ctx.log("  multi-turn: skipped (FRACTURED-SORRY-Bench needs the data directory; no built-in set)")
+        _safety(ctx, cond, steering, table)
+    if cond.name in ctx.capability_conditions and any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
+        _capability(ctx, cond, steering, table)
+    if ctx.safety_only:
         return
-    if any(not table.has(cond.name, m) for m in MULTITURN_METRICS):
-        mcfg = MultiTurnConfig(
-            n=cfg.size("multiturn_n"),
-            seed=cfg.seed,
-            max_steps=cfg.size("multiturn_steps") or None,
-            data_dir=cfg.data_dir,
-        )
-        attacks: tuple[str, ...] = ("fractured",) + (("crescendo",) if cfg.size("crescendo_n") > 0 else ())
-        target = (lambda: steering.apply(ctx.model)) if steering is not None else None
+    if has_data("fractured_sorry_bench", ctx.cfg.data_dir) and any(
+        not table.has(cond.name, m) for m in _multiturn_metrics(ctx.cfg)
+    ):
+        _multiturn(ctx, cond, steering, table)
+    if steering is not None and steering.gate is not None:
+        _firing(ctx, cond, steering.gate, table)
+
+
+def _safety(ctx: SweepContext, cond: Condition, steering: Steering | None, table: ResultsTable) -> None:
+    cfg = ctx.cfg
+    gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
+    t0 = time.time()
+    sides: dict[str, dict[str, float]] = {"unsafe": {}, "safe": {}}
+    sets: dict[str, list[str]] = {"unsafe": [], "safe": []}
+    with steered(ctx, steering):
+        for name, ps in ctx.prompts.test_sets().items():
+            side = "unsafe" if ps[0].should_refuse else "safe"
+            r = refusal_rate(
+                ctx.model, ctx.tokenizer, ps, cfg.safety.judge, gen, ctx.cache, ctx.model_id, cond.key, name, side,
+                progress=True,
+            )  # fmt: skip
+            sides[side] |= {f"{name}/{pid}": float(v) for pid, v in zip(r.prompt_ids, r.refusals, strict=True)}
+            sets[side].append(name)
+    secs = time.time() - t0
+    for side, metric in (("unsafe", "unsafe_refusal"), ("safe", "safe_refusal")):
+        items = sides[side]
+        k = int(sum(items.values()))
+        table.add(cond.rate_row(metric, k, len(items), sets[side], secs / 2), replace=True, items=items)
+    u, s = (table.get(cond.name, m) for m in SAFETY_METRICS)
+    ctx.log(f"  {cond.name}: unsafe refusal {u.score:.1%} (n={u.n}), safe refusal {s.score:.1%} (n={s.n})")  # type: ignore[union-attr]
+
+
+def _item_values(metric: str, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    key = ITEM_KEYS.get(metric, "correct")
+    out = {}
+    for i, r in enumerate(records):
+        v = r.get(key, r.get("passed", r.get("correct")))
+        if v is not None:
+            out[str(r.get("id", i))] = float(v)
+    return out
+
+
+def _capability(ctx: SweepContext, cond: Condition, steering: Steering | None, table: ResultsTable) -> None:
+    cfg = ctx.cfg
+    ccfg = dataclasses.replace(
+        cfg.capability, seed=cfg.seed, data_dir=cfg.data_dir, builtin=not _has_capability_data(cfg.data_dir)
+    )
+    with steered(ctx, steering):
+        results = run_capability(ctx.model, ctx.tokenizer, ccfg, progress=True)
+    for metric, r in results.items():
+        row = cond.row(
+            metric, n=r.n, score=r.score, ci_lo=r.ci_low, ci_hi=r.ci_high, datasets=(metric,), seconds=r.seconds,
+            interval=r.interval,
+        )  # fmt: skip
+        table.add(row, replace=True, items=_item_values(metric, r.records))
+    ctx.log("  " + "; ".join(r.summary() for r in results.values()))
+
+
+def _multiturn_metrics(cfg: StudyConfig) -> tuple[str, ...]:
+    return MULTITURN_METRICS if cfg.evaluate.crescendo_n > 0 else MULTITURN_METRICS[:1]
+
+
+def _multiturn(ctx: SweepContext, cond: Condition, steering: Steering | None, table: ResultsTable) -> None:
+    cfg = ctx.cfg
+    gen = GenerationConfig(max_new_tokens=cfg.evaluate.multiturn_max_new_tokens, batch_size=cfg.generation.batch_size)
+    target = (lambda: steering.apply(ctx.model)) if steering is not None else None
+    sizes = {"fractured": cfg.multiturn.n, "crescendo": cfg.evaluate.crescendo_n}
+    for attack in ("fractured", "crescendo")[: len(_multiturn_metrics(cfg))]:
+        metric = f"{attack}_asr"
+        if table.has(cond.name, metric):
+            continue
+        mcfg = dataclasses.replace(cfg.multiturn, n=sizes[attack], seed=cfg.seed, data_dir=cfg.data_dir)
         t0 = time.time()
         res = run_multiturn(
-            ctx.model,
-            ctx.tokenizer,
-            GenerationConfig(max_new_tokens=48, batch_size=cfg.batch_size),
-            mcfg,
-            attacks=attacks,
-            target_context=target,
-            progress=True,
-        )
-        k = sum(r.successes for r in res.values())
-        n = sum(r.n for r in res.values())
-        table.add(cond.rate_row("multiturn_asr", k, n, list(res), time.time() - t0), replace=True)
-        ctx.log("  " + "; ".join(r.summary() for r in res.values()))
+            ctx.model, ctx.tokenizer, gen, mcfg, attacks=(attack,), target_context=target, progress=True
+        )[attack]
+        items = {str(r.get("id", r.get("objective", i))): float(r["success"]) for i, r in enumerate(res.records)}
+        row = cond.rate_row(metric, res.successes, res.n, [attack], time.time() - t0)
+        table.add(row, replace=True, items=items)
+        ctx.log("  " + res.summary())
 
 
-def _has_multiturn_data(data_dir: str | None) -> bool:
-    from saesteer.evaluation.datasets import has_data
-
-    return has_data("fractured_sorry_bench", data_dir)
+def _firing(ctx: SweepContext, cond: Condition, gate: Gate, table: ResultsTable) -> None:
+    """The share of each test set's prompts on which the gate steers (decided on the chat-formatted prompt)."""
+    bs = ctx.cfg.generation.batch_size
+    for name, ps in ctx.prompts.test_sets().items():
+        metric = f"gate_firing:{name}"
+        if table.has(cond.name, metric):
+            continue
+        fired = gate.decide(prompt_scores(ctx.model, ctx.tokenizer, [p.text for p in ps], gate, bs))
+        items = {p.id: float(f) for p, f in zip(ps, fired.tolist(), strict=True)}
+        table.add(cond.rate_row(metric, int(fired.sum()), len(ps), [name]), replace=True, items=items)
 
 
 def _has_capability_data(data_dir: str | None) -> bool:
-    from saesteer.evaluation.datasets import has_data
-
     return all(has_data(n, data_dir) for n in ("mmlu", "gsm8k", "truthfulqa"))

@@ -1,4 +1,4 @@
-"""The sweep grid of the study, as plain data, and the derived metrics of its results.
+"""The experiment design of the study: which steering conditions it measures, as plain data.
 
 :func:`build_grid` turns the found features and a :class:`SweepConfig` into a list of
 :class:`Condition`: the unsteered baseline, each refusal feature clamped at each value, each
@@ -11,9 +11,6 @@ steering objects:
 * ``{"op": "add_direction", "coeff": C}`` -> ``RefusalDirection.add(C)``
 * gate ``{"type": "feature", "feature": F, "threshold": T | None, "fpr": 0.05, "reduce": "last", "tail": 5}``
   or ``{"type": "direction", ...}``; ``threshold: None`` means calibrate it on harmless dev prompts at ``fpr``.
-
-The derived metrics (:func:`derive`: safety gain, capability loss, over-refusal ratio, share of the gain a
-gate keeps) live in :mod:`saesteer.report.derived` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from typing import Any
 
 from saesteer.config import atomic_write_json, opt
 from saesteer.errors import SaesteerError
-from saesteer.report.derived import Derived, Estimate, derive, goal_met
 from saesteer.report.results import KINDS, ResultRow
 
 GATE_TYPES = ("feature", "direction", "probe")
@@ -329,19 +325,3 @@ def load_grid(path: str | os.PathLike[str]) -> list[Condition]:
     if not isinstance(data, dict) or data.get("format") != GRID_FORMAT or not isinstance(data.get("conditions"), list):
         raise SaesteerError(f"{p} is not a saesteer sweep grid ({GRID_FORMAT}); delete it to rebuild")
     return [Condition.from_dict(d) for d in data["conditions"]]
-
-
-__all__ = [
-    "BASELINE",
-    "Condition",
-    "Derived",
-    "Estimate",
-    "SweepConfig",
-    "build_grid",
-    "derive",
-    "gate_spec",
-    "gate_types",
-    "goal_met",
-    "load_grid",
-    "save_grid",
-]

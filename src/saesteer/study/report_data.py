@@ -1,0 +1,204 @@
+"""The study's report folder: the report (headline, findings, examples, readable setup, details) and the
+files that say where its numbers come from (``splits.json``, ``seeds.json``, ``resolved_config.json``,
+``features.md``, SAE metrics and training summary, harvest manifest).
+
+Generation throughput in the stage table is the tokens of every completion of the sweep (re-tokenised)
+over the wall time of the safety scoring that produced them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from saesteer.config import atomic_write_json, config_to_dict
+from saesteer.evaluation.safety import CompletionCache, cache_key
+from saesteer.evaluation.splits import check_disjoint
+from saesteer.features.report import FeatureReport
+from saesteer.model.adapter import ArchAdapter
+from saesteer.model.generation import GenerationConfig
+from saesteer.model.loading import LoadedModel
+from saesteer.report.document import Example, ReportData, StageTime, Table, headline_names, write_report
+from saesteer.report.findings import Headline
+from saesteer.report.results import ResultsTable
+from saesteer.stages import StageRunner
+from saesteer.study.config import StudyConfig
+from saesteer.study.design import Condition
+from saesteer.study.dev_stages import Choice
+from saesteer.study.prompts import StudyPrompts
+from saesteer.study.publish import mark
+from saesteer.study.sae_stages import TrainedSAE
+from saesteer.study.seeds import SeedRun, seed_summary
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    if isinstance(x, (list, tuple)):
+        return ", ".join(_num(v) for v in x) or "-"
+    return "-" if x is None else str(x)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> list[list[str]]:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            rows += _flat(v, f"{prefix}{k}.")
+        else:
+            rows.append([f"{prefix}{k}", _num(v)])
+    return rows
+
+
+def sae_table(trained: TrainedSAE, metrics: Mapping[str, Any]) -> Table:
+    act, sp = metrics.get("activations", {}), metrics.get("spliced", {})
+    rows = [["folder", str(trained.folder)], ["hook", trained.sae.cfg.hook_name],
+            ["latents (d_sae)", str(trained.sae.d_sae)], ["active per token (k)", str(trained.sae.cfg.k)]]  # fmt: skip
+    rows += [[f"held-out {k}", _num(v)] for k, v in act.items() if not isinstance(v, (dict, list))]
+    rows += [[f"spliced {k}", _num(v)] for k, v in sp.items() if not isinstance(v, (dict, list))]
+    return Table("SAE", ["field", "value"], rows)
+
+
+def features_tables(features: FeatureReport) -> list[Table]:
+    c = features.chosen
+    rows = [["refusal feature", _num(features.refusal_feature)], ["passed the screen", str(features.chosen_passed)]]
+    if c is not None:
+        rows += [["clamp value in the screen", _num(c.value)],
+                 ["dev harmful refusal, clamped", _pct(c.harmful.rate)],
+                 ["dev gain", f"{100 * c.gain[0]:+.1f} pts [{100 * c.gain[1]:.1f}, {100 * c.gain[2]:.1f}]"]]  # fmt: skip
+    f = features.refusal_feature
+    if f is not None:
+        rows.append(["max activation (clamp unit)", _num(features.ref_max(f))])
+    ctrl = features.control
+    rows.append(["control feature", _num(features.control_feature)])
+    if ctrl is not None:
+        rows.append(["control: why", ctrl.reason])
+    out = [Table("Features (dev)", ["field", "value"], rows)]
+    checks = [
+        [str(k.feature), _num(k.multiple), _num(k.cos_direction), f"{100 * k.cheap_unsafe_delta:+.1f}",
+         f"{100 * k.cheap_safe_delta:+.1f}", "-" if k.gen_unsafe_delta is None else f"{100 * k.gen_unsafe_delta:+.1f}",
+         "-" if k.gen_safe_delta is None else f"{100 * k.gen_safe_delta:+.1f}", f"+/-{100 * k.band:.0f}",
+         "yes" if k.passed else "no", k.reason]
+        for k in features.control_checks
+    ]  # fmt: skip
+    if checks:
+        headers = ["candidate", "x max", "cos(direction)", "cheap unsafe", "cheap safe", "gen unsafe", "gen safe",
+                   "band (pts)", "passed", "reason"]  # fmt: skip
+        note = "Each control candidate clamped at the study's strength on dev prompts; refusal changes in points."
+        out.append(Table("Control feature: neutrality checks", headers, checks, note))
+    return out
+
+
+def choice_table(choice: Choice) -> Table:
+    rows = [
+        [name, _pct(r["harmful"]), _pct(r["harmless"]), f"{100 * r['objective']:+.1f}",
+         "clamp" if name == choice.clamp else ("gate" if name == choice.gate else "")]
+        for name, r in choice.dev.items()
+    ]  # fmt: skip
+    note = "Objective: harmful refusal gain minus harmless refusal gain against the baseline, on dev prompts."
+    return Table("Headline choice (dev)", ["condition", "harmful refusal", "harmless refusal", "objective",
+                                           "chosen"], rows, note)  # fmt: skip
+
+
+def splits_table(splits: Mapping[str, Any]) -> Table:
+    purposes = splits.get("purposes", {})
+    overlap = check_disjoint(splits)
+    rows = [
+        [p, ", ".join(f"{d} ({n})" for d, n in e.get("counts", {}).items()), str(overlap.get(p, 0) if p != "test"
+                                                                                   else "-")]
+        for p, e in purposes.items()
+    ]  # fmt: skip
+    return Table("Prompts by purpose (splits.json)", ["purpose", "datasets (texts)", "shared with test"], rows)
+
+
+def seeds_table(summary: Mapping[str, Any]) -> Table:
+    rows = [
+        [str(r["seed"]), _num(r["feature"]), _pct(r["unsafe_refusal"]), _pct(r["safe_refusal"]),
+         f"{100 * r['gain']:+.1f}" if math.isfinite(r["gain"]) else "n/a", _num(r["over_refusal"]),
+         _num(r["cos_first"]), "yes" if r["same_feature"] else "no"]
+        for r in summary["seeds"]
+    ]  # fmt: skip
+    headers = ["seed", "feature", "unsafe refusal", "safe refusal", "gain (pts)", "over-refusal ratio",
+               "cos to seed 1", "same feature"]  # fmt: skip
+    return Table("Seeds", headers, rows, f"Same feature: the same index or decoder cosine > {summary['match_cosine']}.")
+
+
+def examples(cfg: StudyConfig, lm: LoadedModel, prompts: StudyPrompts, names: Sequence[str], grid: Sequence[Condition],
+             cache_path: Path) -> list[Example]:  # fmt: skip
+    """The first few test prompts of the first unsafe and the first safe set, with each condition's completion."""
+    if not cache_path.is_file():
+        return []
+    cache, keys = CompletionCache(cache_path), {c.name: c.key for c in grid}
+    gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
+    sets = prompts.test_sets()
+    picked = [next((n for n, ps in sets.items() if ps and ps[0].should_refuse == side), None) for side in (True, False)]
+    out = []
+    for name in (n for n in picked if n):
+        for p in sets[name][: cfg.evaluate.examples]:
+            done = {c: cache.get(cache_key(lm.spec, name, gen, keys[c]), p.text) for c in names if c in keys}
+            out.append(Example(name, p.text, {c: t for c, t in done.items() if t is not None}))
+    return out
+
+
+def throughput(tokenizer: Any, cache_path: Path, table: ResultsTable) -> str:
+    if not cache_path.is_file():
+        return ""
+    texts = [json.loads(line)["completion"] for line in cache_path.read_text().splitlines() if line.strip()]
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    secs = sum(r.seconds for m in ("unsafe_refusal", "safe_refusal") for r in table.by_metric(m))
+    return f"generation {tokens / secs:.0f} tokens/s ({tokens:,} tokens)" if secs > 0 else ""
+
+
+def write_study_report(
+    report_dir: Path, *, lm: LoadedModel, cfg: StudyConfig, table: ResultsTable, grid: list[Condition],
+    choice: Choice, features: FeatureReport, trained: TrainedSAE, sae_metrics: Mapping[str, Any],
+    prompts: StudyPrompts, runner: StageRunner, seed_runs: list[SeedRun], wall_seconds: float,
+) -> None:  # fmt: skip
+    """Write the report and its provenance files into ``report_dir`` (marked as a saesteer report)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    splits = prompts.registry.to_json()
+    atomic_write_json(report_dir / "splits.json", splits)
+    atomic_write_json(report_dir / "resolved_config.json", {"model": lm.spec, "study": config_to_dict(cfg)})
+    seeds = seed_summary(seed_runs, table) if len(seed_runs) > 1 else None
+    if seeds:
+        atomic_write_json(report_dir / "seeds.json", seeds)
+    cache = runner.folders.get("sweep", report_dir) / "completions.jsonl"
+    headline = Headline(choice.clamp, choice.gate, dev=True)
+    data = ReportData(table=table, conditions=grid, headline=headline)
+    names = headline_names(data, data.derived())
+    model_rows = [["model", lm.spec], ["dtype", str(lm.dtype)], ["hook", cfg.hook]]
+    model_rows += [[k, _num(v)] for k, v in ArchAdapter(lm.model).info().items()]
+    stages = [StageTime(n, s, throughput(lm.tokenizer, cache, table) if n == "sweep" else "")
+              for n, s in runner.times.items()]  # fmt: skip
+    data = ReportData(
+        table=table, conditions=grid, headline=headline,
+        title=f"saesteer reproduce: {lm.spec}, profile {cfg.profile}",
+        setup=[Table("Model", ["field", "value"], model_rows), sae_table(trained, sae_metrics),
+               *features_tables(features), choice_table(choice), splits_table(splits)],
+        details=[*([seeds_table(seeds)] if seeds else []),
+                 Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
+        stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,
+        notes=[f"Total wall time of this run: {wall_seconds:.0f} s (stages served from the cache count their "
+               "original time in the stage table)."],
+    )  # fmt: skip
+    write_report(report_dir, data)
+    _copy_provenance(report_dir, runner, trained)
+    mark(report_dir)
+
+
+def _copy_provenance(report_dir: Path, runner: StageRunner, trained: TrainedSAE) -> None:
+    sources = {"features.md": ("features", "features.md"), "sae_metrics.json": ("sae_metrics", "sae_metrics.json")}
+    paths = {name: runner.folders[st] / f for name, (st, f) in sources.items() if st in runner.folders}
+    paths["sae_train_summary.json"] = trained.folder.parent / "train_summary.json"
+    if trained.acts:
+        paths["harvest_manifest.json"] = Path(trained.acts) / "manifest.json"
+    for name, src in paths.items():
+        if src.is_file():
+            shutil.copyfile(src, report_dir / name)

@@ -1,0 +1,111 @@
+"""The sweep stage: the study's conditions (grid), their shared context, and the test-set scoring of each.
+
+The grid holds the unsteered baseline, the refusal clamps at each multiple of the feature's max activation,
+the control clamped at the strongest multiple, every clamp behind each gate, and the difference-in-means
+direction; the dev choice keeps only the chosen clamp's gated versions for test scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from saesteer.config import config_to_dict
+from saesteer.evaluation.safety import CompletionCache
+from saesteer.features.report import FeatureReport
+from saesteer.model.loading import LoadedModel
+from saesteer.report.results import ResultsTable
+from saesteer.sae.base import SAE
+from saesteer.stages import StageRunner
+from saesteer.steering.direction import RefusalDirection
+from saesteer.steering.gate import ProjectionScorer
+from saesteer.study import dev_stages as dev
+from saesteer.study.config import StudyConfig
+from saesteer.study.design import Condition, build_grid, gate_types
+from saesteer.study.prompts import StudyPrompts
+from saesteer.study.sweep_eval import SweepContext, evaluate_condition
+
+
+def study_gates(cfg: StudyConfig, real: bool) -> list[str]:
+    """The conditional-steering gates, each with its token reduction spelled out (the probe is fit to match)."""
+    gates = []
+    for g in gate_types(cfg.sweep):
+        kind, _, red = g.partition(":")
+        gates.append(f"{kind}:{red or ('mean' if kind == 'probe' else 'last')}")
+    if not real and any(g.startswith("probe:") for g in gates):
+        print(
+            "saesteer: note: no data directory, so no dev prompts disjoint from the built-in test suites to fit a "
+            "harm probe on; conditional steering runs without the probe gate"
+        )
+        gates = [g for g in gates if not g.startswith("probe:")] or ["direction:last"]
+    return gates
+
+
+def study_grid(cfg: StudyConfig, features: FeatureReport, sae: SAE, gates: list[str]) -> list[Condition]:
+    """The conditions: baseline, the refusal clamps, the control at the strongest clamp, every clamp behind each
+    gate (the dev choice keeps the chosen clamp's), and the direction baseline."""
+    refusal = [features.refusal_feature] if features.refusal_feature is not None else []
+    control = [features.control_feature] if features.control_feature is not None else []
+    fmax = {f: features.ref_max(f) for f in refusal + control}
+    scfg = dataclasses.replace(
+        cfg.sweep, control_values=[max(cfg.sweep.clamp_values)], conditional=bool(gates), gate=",".join(gates)
+    )
+    return build_grid(scfg, refusal, control, feature_max={f: v for f, v in fmax.items() if v is not None})
+
+
+def sweep_context(
+    lm: LoadedModel,
+    cfg: StudyConfig,
+    sae: SAE,
+    direction: RefusalDirection,
+    prompts: StudyPrompts,
+    probe: ProjectionScorer | None,
+    cache_path: Path,
+    capability: set[str] | None = None,
+) -> SweepContext:
+    return SweepContext(
+        lm.model, lm.tokenizer, lm.spec, sae, direction, cfg, prompts, dev.calibration_prompts(prompts),
+        CompletionCache(cache_path), capability or set(), probe=probe,
+    )  # fmt: skip
+
+
+def capability_conditions(cfg: StudyConfig, grid: list[Condition], choice: dev.Choice) -> set[str]:
+    """The conditions the capability benchmarks run on: all, or baseline, the dev-chosen clamp and gate, the
+    control and the direction."""
+    if cfg.evaluate.capability_on == "all":
+        return {c.name for c in grid}
+    keep = {"baseline", choice.clamp, *([choice.gate] if choice.gate else [])}
+    return keep | {c.name for c in grid if c.kind in ("control", "direction")}
+
+
+def stage_sweep(
+    runner: StageRunner,
+    ctx: SweepContext,
+    grid: list[Condition],
+    choice: dev.Choice,
+    features: FeatureReport,
+    name: str = "sweep",
+    safety_only: bool = False,
+) -> ResultsTable:
+    """Score every condition on the test prompts (capability on the headline conditions; safety only if asked)."""
+    cfg = ctx.cfg
+    ctx.safety_only = safety_only
+    ctx.capability_conditions = set() if safety_only else capability_conditions(cfg, grid, choice)
+    inputs = {
+        "sae": features.sae.fingerprint,
+        "grid": [c.to_dict() for c in grid],
+        "capability_on": sorted(ctx.capability_conditions),
+        "safety_only": safety_only,
+        "test": {ds: [p.id for p in ps] for ds, ps in ctx.prompts.test_sets().items()},
+        **{k: config_to_dict(getattr(cfg, k)) for k in ("generation", "safety", "capability", "multiturn", "evaluate")},
+    }
+
+    def run(folder: Path) -> ResultsTable:
+        table = ResultsTable.open(folder / "results.json", meta={"model": ctx.model_id})
+        ctx.cache = CompletionCache(folder / "completions.jsonl")
+        for i, cond in enumerate(grid, start=1):
+            print(f"[sweep] condition {i}/{len(grid)}: {cond.name}", flush=True)
+            evaluate_condition(ctx, cond, table)
+        return table
+
+    return runner.run(name, inputs, run, lambda f: ResultsTable.load(f / "results.json"))
