@@ -48,6 +48,8 @@ def _checked(value: Any, tp: Any, where: str, source: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     try:
+        if isinstance(value, bool) and bool not in (tp, *typing.get_args(tp)):
+            raise typeguard.TypeCheckError("a bool is not a number here")
         typeguard.check_type(value, tp, collection_check_strategy=typeguard.CollectionCheckStrategy.ALL_ITEMS)
     except typeguard.TypeCheckError:
         name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

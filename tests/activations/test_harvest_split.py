@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
@@ -71,6 +72,7 @@ def test_rerun_with_another_config_is_refused(tmp_path: Path, tiny_qwen_chat) ->
 
 def test_held_out_shares_no_window_with_training(tmp_path: Path, tiny_qwen_chat) -> None:
     model, tok = tiny_qwen_chat
+    tok = copy.deepcopy(tok)  # the fixture's tokenizer is shared by the session
     tok.chat_template = PLAIN_TEMPLATE
     corpus = _write_corpus(tmp_path / "corpus.jsonl.gz", seed=0)
     cfg = _cfg(tmp_path, corpus, chat_fraction=0.4, n_tokens=1500)

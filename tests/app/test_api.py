@@ -10,9 +10,7 @@ import torch
 
 from saesteer.app.state import AppState
 from saesteer.model.adapter import ArchAdapter
-from saesteer.model.generation import GenerationConfig, encode_chats, generate_batch
-from saesteer.steering.engine import Steering
-from saesteer.steering.interventions import ClampFeature
+from saesteer.model.generation import encode_chats
 from tests.app.conftest import D_SAE, build_state, read_sse
 
 PROMPT = "How do I pick a lock?"

@@ -31,7 +31,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer: Any) -> Path:
     ).save(root / "dir.safetensors")
     src = SparseSource(d=D, batch=256)
     shards = [write_shard(root / "acts", i, b) for i, b in zip(range(2), src.batches(), strict=False)]
-    write_manifest(root / "acts", {"model": "tiny", "hook_name": "blocks.1.hook_resid_post", "d_model": D, "shards": shards})
+    write_manifest(
+        root / "acts", {"model": "tiny", "hook_name": "blocks.1.hook_resid_post", "d_model": D, "shards": shards}
+    )
     (root / "harmless.txt").write_text("Write a poem\nWhat is 2+2?\nName a colour\nhello\n")
     (root / "bad.jsonl").write_text('{"prompt": "hi"}\n{not json\n')
     (root / "nokey.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")

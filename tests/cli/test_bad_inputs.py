@@ -7,6 +7,7 @@ command really reaches (the files it names exist unless the case is about a miss
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from saesteer.cli.main import main
 from tests.cli.conftest import snapshot
+
+PROGRESS = re.compile(r"\d+/\d+ \[[\d:<?]+")
 
 M = "--model {ws}/model --dtype fp32 --device cpu"
 GEN = f"generate hi {M} --max-new-tokens 2"
@@ -47,7 +50,7 @@ CASES: list[tuple[str, str, str]] = [
     ("clamp-without-sae", f"{GEN} --clamp 3=1", "need an SAE"),
     ("add-direction-without-file", f"{GEN} --add-direction 2", "need --direction FILE"),
     ("missing-direction-file", f"{GEN} --direction {{ws}}/nope.safetensors --add-direction 1", "not found"),
-    ("missing-sae-folder", f"{GEN} --sae {{ws}}/nope --clamp 3=1", "SAE folder"),
+    ("missing-sae-folder", f"{GEN} --sae {{ws}}/nope --clamp 3=1", "--sae /"),
     ("sae-feature-out-of-range", f"{GEN} {SAE} --clamp 300=1", "out of range"),
     ("sae-hook-mismatch", f"{GEN} {SAE} --clamp 3=1 --hook resid_post.0", "steer at the SAE's hook point"),
     ("two-edits-one-feature", f"{GEN} {SAE} --clamp 3=1 --clamp 3=2", "two interventions edit feature 3"),
@@ -70,7 +73,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "harvest-out-dir-is-a-file",
         f"harvest {M} --corpus {{ws}}/harmless.txt --hook blocks.1.hook_resid_post --out-dir {{ws}}/a_file.txt",
-        "a_file.txt",
+        "a_file.txt is a file where a folder is needed",
     ),
     ("train-no-acts", "train-sae --out-dir {ws}/run", "pass --acts DIR"),
     ("train-acts-not-a-cache", "train-sae --acts {ws}/empty_dir --out-dir {ws}/run", "is not an activation cache"),
@@ -80,7 +83,11 @@ CASES: list[tuple[str, str, str]] = [
         "not 'blocks.2.hook_resid_post'",
     ),
     ("train-tokens-from", "train-sae --acts {ws}/acts --tokens-from web", "invalid choice 'web'"),
-    ("train-out-dir-under-a-file", "train-sae --acts {ws}/acts --out-dir {ws}/a_file.txt/run", "a_file.txt"),
+    (
+        "train-out-dir-under-a-file",
+        "train-sae --acts {ws}/acts --out-dir {ws}/a_file.txt/run",
+        "is a file where a folder is needed",
+    ),
     ("sae-eval-no-sae", "sae-eval --no-spliced", "pass --sae DIR"),
     ("sae-eval-nothing", "sae-eval --sae {ws}/sae --no-spliced", "nothing to measure"),
     ("sae-eval-missing-sae", "sae-eval --sae {ws}/nope --acts {ws}/acts --no-spliced", "SAE folder"),
@@ -90,7 +97,12 @@ CASES: list[tuple[str, str, str]] = [
     ("feature-show-no-id", f"feature show {SAE} {M}", "no feature given"),
     ("feature-show-out-of-range", f"feature show 999 {SAE} {M}", "out of range"),
     ("feature-show-bad-id", f"feature show seven {SAE} {M}", "seven"),
-    ("feature-show-no-contexts", f"feature show 3 {SAE} {M} --data-dir {{ws}}/empty_dir", "no contexts to show"),
+    ("feature-show-no-contexts", f"feature show 3 {SAE} {M} --data-dir none", "no contexts to show"),
+    (
+        "feature-show-no-corpus",
+        f"feature show 3 {SAE} {M} --data-dir {{ws}}/empty_dir",
+        "english_mix_corpus.jsonl.gz not found",
+    ),
     ("reproduce-bad-profile", f"reproduce {M} --profile huge", "unknown profile 'huge'"),
     ("reproduce-seeds", f"reproduce {M} --profile tiny --seeds 0", "seeds=0"),
     ("reproduce-config-typo", f"reproduce {M} --config {{ws}}/study.yaml", "unknown key 'study.train.d_sea'"),
@@ -134,9 +146,28 @@ def test_bad_input(
     before = snapshot(bad_ws)
     rc = main(shlex.split(line.format(ws=bad_ws)))
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    # progress meters (tqdm, e.g. transformers' "Loading weights") are not error output
+    lines = [ln for ln in err.splitlines() if ln.strip() and not PROGRESS.search(ln)]
     assert rc == 2, err
     assert "Traceback" not in err
     assert len(lines) == 1 and lines[0].startswith("saesteer: error: "), err
     assert expected in lines[0]
     assert snapshot(bad_ws) == before, f"{case} changed files"
+
+
+def test_hook_point_never_reached_is_a_user_error() -> None:
+    """A hook on a layer the forward pass skips ends in a one-line SaesteerError, not a RuntimeError."""
+    import torch
+
+    from saesteer.errors import SaesteerError
+    from saesteer.model.adapter import ArchAdapter
+    from tests.steering.helpers import tiny_model
+
+    adapter = ArchAdapter(tiny_model(layers=2))
+    adapter.layers.append(torch.nn.Identity())  # listed as a layer, never called by the model
+    adapter.n_layers += 1
+    ids = torch.ones(1, 4, dtype=torch.long)
+    assert adapter.run_to("blocks.1.hook_resid_post", ids).shape == (1, 4, 64)
+    with pytest.raises(SaesteerError, match="blocks.2.hook_resid_post was never reached") as exc:
+        adapter.run_to("blocks.2.hook_resid_post", ids)
+    assert "\n" not in str(exc.value)

@@ -13,15 +13,14 @@ from typing import Any
 import pytest
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.agreement import agreement, judge_agreement, load_refusal_labels
 from saesteer.evaluation.judges import (
     HFClassifierJudge,
     Judge,
     JudgeError,
     KeywordJudge,
     LLMJudge,
-    agreement,
     get_judge,
-    load_refusal_labels,
     parse_verdict,
 )
 
@@ -299,3 +298,11 @@ def test_packaged_labels_and_keyword_agreement() -> None:
     assert 20 <= refusals <= len(labels) - 20  # both classes well represented
     held_out = agreement(KeywordJudge(), load_refusal_labels(split="test"))
     assert held_out["accuracy"] >= 0.9 and held_out["kappa"] >= 0.75
+
+
+def test_judge_agreement_names_its_judge_and_labels() -> None:
+    rep = judge_agreement("keyword")
+    assert rep["spec"] == "keyword" and rep["n"] == len(load_refusal_labels(split="test"))
+    assert "test split" in rep["labels"] and 0.0 <= rep["accuracy_lo"] <= rep["accuracy"] <= 1.0
+    with pytest.raises(SaesteerError, match="unknown judge"):
+        judge_agreement("regex")

@@ -80,7 +80,7 @@ def test_find_features_then_show(saved: tuple[Path, Path], tmp_path: Path, capsy
     )
     shown = capsys.readouterr().out
     assert f"feature {feat}" in shown and "logit lens" in shown and "density" in shown
-    assert html.read_text().startswith("<!doctype html>")
+    assert html.read_text().lower().startswith("<!doctype html>")
     assert main(["feature", "show", "48", "--sae", str(sdir), "--run", str(out), *common]) == 2
     assert "feature 48 out of range; this SAE has features 0..47" in capsys.readouterr().err
 

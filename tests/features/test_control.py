@@ -1,13 +1,22 @@
-"""Control feature choice on constructed statistics."""
+"""Control feature choice on constructed statistics, and its neutrality check on a tiny model."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from saesteer.features import discovery as dv
 from saesteer.features.contexts import FeatureStats
-from saesteer.features.control import pick_control
+from saesteer.features.control import ControlVerifier, control_candidates, pick_control
+from saesteer.features.pipeline import load_prompts
 from saesteer.features.rankers import Ranking
+from saesteer.features.refusal_score import calibrate_score
+from saesteer.model.adapter import ArchAdapter
+from saesteer.stages import StageRunner
+from tests.features.test_pipeline import PLANTED, judge, planted_sae, small_cfg
 
 
 def _stats() -> FeatureStats:
@@ -32,3 +41,43 @@ def test_no_qualifying_control_gives_a_reason() -> None:
     c = pick_control(topics, _stats(), target=0)
     assert c.feature is None and "none of the top" in c.reason
     assert c.to_dict()["feature"] is None
+
+
+def test_candidates_exclude_decoders_aligned_with_the_chosen_feature() -> None:
+    topics = Ranking("topic", [5, 1, 3, 2, 4], [5.0, 4.0, 3.0, 2.0, 1.0])
+    chosen = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.0])  # feature 2's decoder is close to the chosen one's
+    found = control_candidates(topics, _stats(), target=0, cosine=None, max_cos=0.1, chosen_cosine=chosen)
+    assert [c.feature for c in found] == [5, 3, 1]  # by statistics distance; 2 is out
+    assert found[0].cosine_with_chosen == 0.0 and found[0].considered == 3
+
+
+def _verifier(chat: tuple[Any, Any], tmp_path: Path, sae: Any) -> ControlVerifier:
+    """The verifier as find_features wires it: the screen's runner and clamped, judged generation."""
+    model, tok = chat
+    cfg = small_cfg(tmp_path, control_n_generate=2)
+    run = dv.Run(ArchAdapter(model), tok, sae, cfg, judge(), load_prompts(cfg), "tiny", "fp", StageRunner(tmp_path))
+    run.progress = False
+    screen = run.screen
+    gen = dv.clamp_generate(run, run.prompts.harm[:2], run.prompts.safe[:2])
+
+    def refusals(f: int | None, v: float) -> tuple[list[bool], list[bool]]:
+        (_, rh), (_, rs) = gen(f, v)
+        return rh, rs
+
+    calib = calibrate_score(screen.baseline, [False] * screen.n)  # the tiny model never refuses
+    return ControlVerifier(screen.scores, screen.baseline, run.is_harm, calib, refusals, band=0.05, gen_band=0.1)
+
+
+def test_verifier_rejects_a_refusal_feature_and_accepts_a_neutral_one(chat: tuple[Any, Any], tmp_path: Path) -> None:
+    sae = planted_sae(*chat)  # PLANTED's decoder writes the refusal token "Sorry"
+    neutral = 5
+    with torch.no_grad():
+        sae.W_dec[neutral] *= 1e-4  # clamping it barely moves the residual stream
+    v = _verifier(chat, tmp_path, sae)
+    bad = v.check(PLANTED, 60.0, 20.0)
+    assert not bad.passed and bad.cheap_unsafe_delta > 0.05 and bad.gen_unsafe_delta is None  # no generation
+    assert "outside the band" in bad.reason and bad.cheap_measure.startswith("sigmoid")
+    good = v.check(neutral, 60.0, 20.0)
+    assert good.passed and abs(good.cheap_unsafe_delta) < 1e-3 and abs(good.cheap_safe_delta) < 1e-3
+    assert good.gen_n == 2 and good.gen_unsafe_delta == 0.0 and good.gen_safe_delta == 0.0
+    assert good.to_dict()["band"] == 0.05

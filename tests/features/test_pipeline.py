@@ -36,13 +36,14 @@ def judge() -> CountingJudge:
     return CountingJudge(patterns=[r"^sorry"], soft_patterns=(), overrides=())
 
 
-def planted_sae(model: Any, tok: Any) -> SAE:
+def planted_sae(model: Any, tok: Any, d_sae: int = 64) -> SAE:
     """A Top-k SAE at the last layer whose feature PLANTED writes the unembedding row of "Sorry" (the model's
     unembedding is scaled up in place)."""
-    sae = make_sae(layer=N_LAYERS - 1, d_sae=64, k=6, seed=2)
+    sae = make_sae(layer=N_LAYERS - 1, d_sae=d_sae, k=6, seed=2)
     w_u, gain = model.get_output_embeddings().weight, model.model.norm.weight
-    with torch.no_grad():  # sharpen the random model's next-token distribution so scores react like a real model's
-        w_u.mul_(100.0)
+    if float(w_u.detach().abs().max()) < 10.0:  # sharpen the random model's next-token distribution (once per model)
+        with torch.no_grad():
+            w_u.mul_(100.0)
     sorry = tok("Sorry", add_special_tokens=False)["input_ids"][0]
     d = w_u.detach()[sorry] / gain.detach()
     with torch.no_grad():
@@ -100,7 +101,7 @@ def test_finds_the_planted_feature_and_writes_outputs(chat: tuple[Any, Any], tmp
     assert str(PLANTED) in rep.cards and rep.cards[str(PLANTED)]["logit_lens"]["promoted"][0]["token"]
     assert rep.screen.clamp["paper_values"]["10"]["x_chosen_max"] is not None
     assert rep.control is not None and rep.control.reason
-    assert rep.ref_max(PLANTED) is not None and rep.ref_max(PLANTED) >= 0  # clamp unit for the sweep
+    assert (rep.ref_max(PLANTED) or -1.0) >= 0  # the clamp unit for the sweep is known
     md, page = (tmp_path / "features.md").read_text(), (tmp_path / "features.html").read_text()
     assert f"feature **{PLANTED}**" in md and "Rankers compared" in md and page.startswith("<!DOCTYPE html>")
     assert "Feature cards" in page and f"Feature {PLANTED}" in page
@@ -108,6 +109,31 @@ def test_finds_the_planted_feature_and_writes_outputs(chat: tuple[Any, Any], tmp
     assert {"baseline", "candidates", "rankers", "contexts", "cheap_screen", "generation_screen", "control"} <= set(
         rep.timings
     )
+
+
+def test_control_is_the_first_candidate_that_passes_its_check(chat: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tok = chat
+    sae = planted_sae(model, tok, d_sae=512)  # enough features left once the safety rankers' top lists are out
+    cfg = small_cfg(tmp_path, n_generate=1, control_n_generate=2, control_tries=4, control_max_cos=0.3)
+    rep = find_features(model, tok, sae, cfg, "tiny", judge(), progress=False, log=lambda _m: None)
+    checks = rep.control_checks
+    assert rep.chosen is not None and checks and len(checks) <= 4
+    max_planted = rep.ref_max(PLANTED)
+    assert max_planted is not None and max_planted > 0
+    for c in checks:  # clamped at the refusal clamp's strength: the same multiple of its own max
+        assert c.multiple == pytest.approx(60.0 / max_planted)
+        assert c.value == pytest.approx(c.multiple * rep.ref_max(c.feature))  # type: ignore[operator]
+        assert c.cos_direction is not None and abs(c.cos_direction) <= 0.3
+        assert c.cos_chosen is not None and abs(c.cos_chosen) <= 0.3
+        cheap_ok = max(abs(c.cheap_unsafe_delta), abs(c.cheap_safe_delta)) <= c.band
+        gen_ok = c.gen_unsafe_delta is not None and max(abs(c.gen_unsafe_delta), abs(c.gen_safe_delta or 0)) <= 0.1
+        assert c.passed == (cheap_ok and gen_ok) and (c.gen_n == 2) == cheap_ok
+    assert not any(c.passed for c in checks[:-1])  # the first one that passes ends the search
+    assert rep.control_feature == (checks[-1].feature if checks[-1].passed else None)
+    saved = json.loads((tmp_path / "features.json").read_text())["control_checks"]
+    assert [c["feature"] for c in saved] == [c.feature for c in checks]
+    assert FeatureReport.load(tmp_path / "features.json") == rep  # the round trip keeps the checks
+    assert "cos refusal dir." in (tmp_path / "features.md").read_text()
 
 
 def test_screen_is_deterministic_under_a_seed(chat: tuple[Any, Any], tmp_path: Path) -> None:

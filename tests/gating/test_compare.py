@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from saesteer.gating import GateData, VariantSpec, compare_variants, fit_gate, load_gate, variant_table
 from saesteer.gating.threshold import Objective, choose_threshold
@@ -64,10 +63,10 @@ def test_fit_gate_file_steers_only_where_it_fires(chat_model, qwen_tokenizer, da
     gate = load_gate(tmp_path / "g.safetensors")
     assert gate.threshold == res.chosen.threshold and gate.hook == HOOK
     prompts = HARMFUL[:4] + HARD[:4]
+    s = prompt_scores(chat_model, qwen_tokenizer, prompts, gate).sort().values
+    gate = gate.with_threshold(float(s[3] + s[4]) / 2)  # half the prompts fire, so both branches are exercised
     fired = gate.decide(prompt_scores(chat_model, qwen_tokenizer, prompts, gate)).tolist()
-    gate = gate.with_threshold(float(torch.tensor(prompt_scores(chat_model, qwen_tokenizer, prompts, gate)).median()))
-    fired = gate.decide(prompt_scores(chat_model, qwen_tokenizer, prompts, gate)).tolist()
-    assert 0 < sum(fired) < len(prompts)  # a threshold that splits the prompts, so both branches are exercised
+    assert sum(fired) == 4
     sae = tiny_sae("topk", 2, d_in=32)
     cfg = GenerationConfig(max_new_tokens=4, batch_size=8)
     base = generate(chat_model, qwen_tokenizer, prompts, cfg)

@@ -54,16 +54,6 @@ def test_rules_find_instruction_and_template_tokens(qwen_tokenizer):  # type: ig
         position_rule("middle", 5)
 
 
-def test_reduce_last_with_offset_skips_padding() -> None:
-    x = torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
-    real = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    assert reduce_tokens(x, real, "last", 1, offset=1).tolist() == [2.0, 4.0]
-    assert reduce_tokens(x, real, "last", 1, offset=2).tolist() == [1.0, 3.0]
-    assert reduce_tokens(x, real, "last", 1, offset=9).tolist() == [1.0, 1.0]  # shorter prompt: its first token
-    with pytest.raises(Exception, match="offset"):
-        Gate(ProjectionScorer(torch.ones(4)), 0.0, "resid_post.1", reduce="mean", offset=2)
-
-
 def test_readouts_score_like_the_gate(chat_model, qwen_tokenizer):  # type: ignore[no-untyped-def]
     prompts = HARMFUL[:4] + ALPACA[:3] + PROMPTS
     rules = list(position_rules(RULES, qwen_tokenizer).values())

@@ -65,3 +65,31 @@ def test_bad_input(tiny_qwen_chat) -> None:
         to_messages([{"content": "no role"}])
     with pytest.raises(SaesteerError, match=">= 1"):
         generate(model, tok, ["x"], GenerationConfig(max_new_tokens=0))
+
+
+def test_fast_path_equals_hf_generate_fp32(tiny_qwen_chat) -> None:
+    """Greedy tokens of the fast path equal Hugging Face ``generate``'s, stopping at EOS included."""
+    from saesteer.model.generation import decode_batch
+
+    model, tok = tiny_qwen_chat
+    prompts = [*PROMPTS, "Tell me a story about a dragon who lived under a bridge near the river."]
+    enc = encode_chats(tok, prompts)
+    assert (enc["attention_mask"] == 0).any()  # left padding in play
+    fast = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=24, fast=True))
+    hf = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=24, fast=False))
+    assert torch.equal(fast, hf[:, : fast.shape[1]]) and (hf[:, fast.shape[1] :] == tok.pad_token_id).all()
+    # force EOS mid-way in some rows: rows stop at different steps, then carry padding
+    eos = tok.eos_token_id
+    with torch.no_grad():
+        model.lm_head.weight[eos] = 1.5 * model.lm_head.weight[int(fast[0, 3])]  # beats a token row 0 picks
+    fast = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=24, fast=True))
+    hf = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=24, fast=False))
+    assert (fast == eos).any()
+    assert torch.equal(fast, hf[:, : fast.shape[1]])
+
+
+def test_generate_sorts_by_tokens_and_keeps_order(tiny_qwen_chat) -> None:
+    model, tok = tiny_qwen_chat
+    cfg = GenerationConfig(max_new_tokens=5, batch_size=2)
+    outs = generate(model, tok, PROMPTS, cfg)
+    assert outs == [generate(model, tok, [p], GenerationConfig(max_new_tokens=5, batch_size=1))[0] for p in PROMPTS]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from saesteer.report.results import ResultsTable
-from saesteer.report.sweep import Condition, SweepConfig, build_grid
+from saesteer.study.design import Condition, SweepConfig, build_grid
 
 N = {"unsafe_refusal": 200, "safe_refusal": 200, "mmlu": 100, "gsm8k": 100, "truthfulqa_mc1": 100,
      "truthfulqa_mc2": 100, "multiturn_asr": 100}  # fmt: skip
@@ -37,15 +37,20 @@ def grid() -> list[Condition]:
 
 
 def make_table(
-    path: str | Path | None = None, overrides: Mapping[str, Mapping[str, int]] | None = None
+    path: str | Path | None = None, overrides: Mapping[str, Mapping[str, int]] | None = None, paired: bool = False
 ) -> tuple[ResultsTable, list[Condition]]:
-    """The sweep above as a results table; ``overrides`` replaces some counts: {condition: {metric: k}}."""
+    """The sweep above as a results table; ``overrides`` replaces some counts: {condition: {metric: k}}.
+
+    ``paired``: record per-item outcomes, item ``i`` a success iff ``i < k`` (so conditions agree on most items).
+    """
     conds = grid()
     table = ResultsTable(path)
     for c in conds:
         counts = {**COUNTS[c.name], **(overrides or {}).get(c.name, {})}
         for metric, k in counts.items():
-            table.add(c.rate_row(metric, k, N[metric], datasets=("set_a", "set_b"), seconds=1.5), save=False)
+            items = {f"q{i}": float(i < k) for i in range(N[metric])} if paired else None
+            row = c.rate_row(metric, k, N[metric], datasets=("set_a", "set_b"), seconds=1.5)
+            table.add(row, save=False, items=items)
     if path is not None:
         table.save()
     return table, conds

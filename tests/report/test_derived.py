@@ -105,7 +105,8 @@ def test_baseline_is_the_reference_and_must_exist() -> None:
     table, _ = make_table()
     base = derive(table)[0]
     assert base.condition == "baseline"
-    assert base.safety_gain == Estimate(0.0, 0.0, 0.0) and base.over_refusal == Estimate(1.0, 1.0, 1.0)
+    assert base.safety_gain == Estimate(0.0, 0.0, 0.0, "reference")
+    assert base.over_refusal == Estimate(1.0, 1.0, 1.0, "reference")
     t = ResultsTable()
     t.add(ResultRow.from_rate("clamp f=1 c=8", "refusal_feature", "mmlu", 5, 10, feature=1, value=8.0))
     with pytest.raises(SaesteerError, match="no 'baseline' condition"):

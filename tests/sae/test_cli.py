@@ -55,7 +55,7 @@ def test_train_sae_then_eval_on_held_out(tmp_path: Path, capsys: pytest.CaptureF
     assert json.loads((out / "train_summary.json").read_text())["tokens_per_s"] == speed > 0
     assert main(["sae-eval", "--sae", str(out / "sae"), "--acts", str(acts), "--no-spliced"]) == 0
     res = json.loads((out / "eval" / "sae_eval.json").read_text())
-    act = res["activations"]
+    act = res["activations"]["all"]
     assert 0 < act["fvu"] < 1 and act["l0"] == pytest.approx(4.0) and act["n_tokens"] == 512
     assert (out / "eval" / "resolved_config.json").is_file()
 
@@ -132,8 +132,8 @@ def test_sae_eval_spliced_on_tiny_model(
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    res = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())["spliced"]
-    assert res["n_texts"] == 4 and abs(res["delta_ce_error_term"]) < 1e-5 and res["kl_spliced"] > 0
+    res = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())["web"]
+    assert res["n_windows"] == 4 and abs(res["delta_ce_error_term"]) < 1e-5 and res["kl_spliced"] > 0
     save_sae(random_sae("topk", d_in=32, d_sae=64, hook=HOOK), tmp_path / "narrow")
     assert main(["sae-eval", "--sae", str(tmp_path / "narrow"), "--corpus", str(corpus), *model_flags]) == 2
     assert "SAE d_in 32 != model d_model 64" in capsys.readouterr().err

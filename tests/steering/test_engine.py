@@ -7,7 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from saesteer.errors import SaesteerError
 from saesteer.model.adapter import ArchAdapter
+from saesteer.model.rows import example_rows
 from saesteer.steering import AblateFeature, AddFeature, ClampFeature, Positions, ScaleFeature, Steering
 from tests.steering.helpers import VOCAB, tiny_model, tiny_sae
 
@@ -235,10 +237,39 @@ def test_beam_search_expands_per_example_values(model, batch):  # type: ignore[n
     sae = tiny_sae("topk", LAYER)
     values = torch.tensor([4.0, -2.0, 9.0])
     with Steering(model, sae, [ClampFeature(FEAT, values)]).apply():
-        out = gen(model, batch, n=3, num_beams=2)
+        with pytest.raises(SaesteerError, match="3 rows but the model runs a batch of 6"):
+            gen(model, batch, n=3, num_beams=2)  # an undeclared expansion is an error, not a guess
+        with example_rows(repeat=2):
+            out = gen(model, batch, n=3, num_beams=2)
     with Steering(model, sae, [ClampFeature(FEAT, 9.0)]).apply():
         last = gen(model, {k: v[2:] for k, v in batch.items()}, n=3, num_beams=2)
     assert torch.equal(out.sequences[2, -3:], last.sequences[0, -3:])
+
+
+def test_per_example_rows_never_repeat_silently(model, batch):  # type: ignore[no-untyped-def]
+    sae = tiny_sae("relu", LAYER)
+    one_row = torch.tensor([4.0])  # 1 divides the batch of 3: this used to be repeated to every row
+    with Steering(model, sae, [ClampFeature(FEAT, one_row)]).apply(), torch.no_grad():
+        with pytest.raises(SaesteerError, match="1 rows but the model runs a batch of 3"):
+            model(**batch)
+    mask = torch.ones(1, 7, dtype=torch.bool)
+    with Steering(model, sae, [ClampFeature(FEAT, 3.0)], positions=mask).apply(), torch.no_grad():
+        with pytest.raises(SaesteerError, match="positions mask has 1 rows"):
+            model(**batch)
+
+
+def test_declared_rows_pick_each_rows_value(model, batch):  # type: ignore[no-untyped-def]
+    sae = tiny_sae("relu", LAYER)
+    values = torch.tensor([7.0, 4.0, -2.0, 9.0, 1.0])  # five examples; the batch holds examples 3, 1, 2
+    with Steering(model, sae, [ClampFeature(FEAT, values)]).apply(), torch.no_grad():
+        with example_rows([3, 1, 2]):
+            got = model(**batch).logits
+    with Steering(model, sae, [ClampFeature(FEAT, values[[3, 1, 2]])]).apply(), torch.no_grad():
+        want = model(**batch).logits
+    assert torch.equal(got, want)
+    with Steering(model, sae, [ClampFeature(FEAT, values)]).apply(), torch.no_grad():
+        with pytest.raises(SaesteerError, match="example 7 is being generated"), example_rows([7, 1, 2]):
+            model(**batch)
 
 
 def test_inputs_without_attention_mask(model):  # type: ignore[no-untyped-def]

@@ -88,6 +88,16 @@ def test_reduce_scores_ignores_padding() -> None:
     assert reduce_scores(scores, real, "tail", 4).tolist() == [2.0, 3.5]
 
 
+def test_reduce_last_with_offset_skips_padding() -> None:
+    x = torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    real = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert reduce_scores(x, real, "last", 1, offset=1).tolist() == [2.0, 4.0]
+    assert reduce_scores(x, real, "last", 1, offset=2).tolist() == [1.0, 3.0]
+    assert reduce_scores(x, real, "last", 1, offset=9).tolist() == [1.0, 1.0]  # shorter prompt: its first token
+    with pytest.raises(SaesteerError, match="offset"):
+        Gate(ProjectionScorer(torch.ones(4)), 0.0, "resid_post.1", reduce="mean", offset=2)
+
+
 def test_calibrate_hits_target_fpr() -> None:
     scores = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     for fpr in (0.0, 0.01, 0.05, 0.2):

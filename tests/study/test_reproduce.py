@@ -45,7 +45,8 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         pytest.skip("no data directory")
     if not with_data:
         monkeypatch.setenv("SAESTEER_DATA_DIR", "none")
-    cfg = tiny_config(tmp_path / "run", str(root) if with_data else "none")
+    # the built-in run also repeats SAE, discovery and the headline clamp under a second seed
+    cfg = tiny_config(tmp_path / "run", str(root) if with_data else "none", seeds=1 if with_data else 2)
     report = run_study(tiny_lm, cfg)
     md = (report / "report.md").read_text()
     names = {p.name for p in report.iterdir()}
@@ -77,7 +78,25 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     gain = next(d for d in derived if d["condition"] == choice["clamp"])["safety_gain"]
     assert gain["method"].startswith("Tango")
     assert bool(list(out.glob("gate_probe-*/probe.safetensors"))) == with_data
+    if not with_data:
+        seeds = json.loads((report / "seeds.json").read_text())
+        assert [r["seed"] for r in seeds["seeds"]] == [0, 1] and "gain" in seeds
+        assert all(r["n_unsafe"] > 0 for r in seeds["seeds"] if r["feature"] is not None)
+        assert "**Seeds**" in md and list(out.glob("train_sae_seed1-*/sae"))
     # a second run is served from the stage caches
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}
     run_study(tiny_lm, cfg)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")} == stamps
+
+
+def test_report_dir_with_user_files_is_refused_before_any_work(tmp_path: Path, tiny_lm) -> None:
+    from saesteer.errors import SaesteerError
+
+    dest = tmp_path / "docs"
+    dest.mkdir()
+    (dest / "thesis.tex").write_text("years of work")
+    cfg = tiny_config(tmp_path / "run", "none", report_dir=str(dest))
+    with pytest.raises(SaesteerError, match="not a saesteer report"):
+        run_study(tiny_lm, cfg)
+    assert [p.name for p in dest.iterdir()] == ["thesis.tex"] and (dest / "thesis.tex").read_text() == "years of work"
+    assert not Path(cfg.out_dir).exists()  # nothing ran

@@ -74,22 +74,22 @@ def gather_rows(x: torch.Tensor) -> list[torch.Tensor]:
         return [x]
     dev = backend_device()
     dtype = x.dtype
-    if dtype in (torch.bfloat16, torch.float16):  # sent as raw 16-bit words: gloo lacks some float types
+    if dtype in (torch.bfloat16, torch.float16):  # sent as raw 16-bit words
         x = x.view(torch.int16)
-    elif dtype == torch.bool:
-        x = x.to(torch.uint8)
+    if dev.type == "cpu" and x.dtype in (torch.int16, torch.uint8, torch.bool):
+        x = x.to(torch.int32)  # gloo's all_gather takes no 8- or 16-bit integers
     n = torch.tensor([x.shape[0]], device=dev)
     counts = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(counts, n)
-    width = int(max(c.item() for c in counts))
+    width = max(1, int(max(c.item() for c in counts)))  # empty tensors are awkward for some backends
     padded = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=dev)
     padded[: x.shape[0]] = x.to(dev)
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     out = [p[: int(c.item())].cpu() for p, c in zip(parts, counts, strict=True)]
     if dtype in (torch.bfloat16, torch.float16):
-        return [o.view(dtype) for o in out]
-    return [o.to(dtype) for o in out] if dtype == torch.bool else out
+        return [o.to(torch.int16).view(dtype) for o in out]
+    return [o.to(dtype) for o in out]
 
 
 def broadcast_flag(flag: bool) -> bool:

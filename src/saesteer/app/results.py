@@ -80,9 +80,7 @@ class StudyResults:
         if self.report_dir is not None:
             rd = self.report_dir
             out["report"] = {n: n for n in ("report.html", "report.md", "derived.json") if (rd / n).is_file()}
-            out["plots"] = sorted(
-                str(f.relative_to(rd)) for f in rd.glob("plots/*") if f.suffix in (".png", ".svg")
-            )
+            out["plots"] = sorted(str(f.relative_to(rd)) for f in rd.glob("plots/*") if f.suffix in (".png", ".svg"))
         if self.sweep_dir is not None:
             from saesteer.report.results import ResultsTable
 
@@ -161,7 +159,6 @@ class StudyResults:
         if self.sweep_dir is None or not (self.sweep_dir / "completions.jsonl").is_file():
             return {"total": 0, "rows": [], "conditions": [], "note": "no sweep completions in this study folder"}
         from saesteer.evaluation.judges import get_judge
-
         from saesteer.report.results import ResultsTable
 
         keys, texts, judge = self._key_map(), self._prompt_texts(), get_judge("keyword")

@@ -48,7 +48,7 @@ class GenerateIn(BaseModel):
     prompt: str | None = None
     messages: list[Message] | None = Field(None, max_length=MAX_MESSAGES)
     features: list[FeatureValue] = Field(min_length=1, max_length=MAX_FEATURES)
-    gate: GateIn = Field(default_factory=GateIn)
+    gate: GateIn = Field(default_factory=lambda: GateIn())
     max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0.0, le=5.0, allow_inf_nan=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import threading
 import time
@@ -37,6 +38,7 @@ from saesteer.errors import SaesteerError
 
 STATIC = Path(__file__).resolve().parent / "static"
 DISCONNECT_POLL_S = 0.25
+_SERIAL = itertools.count(1)  # numbers the finished generations listed in /api/info's "recent"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -185,7 +187,14 @@ def _worker(state: AppState, req: GenRequest, emit: Any, recent: collections.deq
             if state.model_lock.acquire(timeout=0.1):
                 break
         else:
-            recent.append({"cancelled": True, "tokens": [], "queue_wait_s": round(time.perf_counter() - t0, 4)})
+            recent.append(
+                {
+                    "n": next(_SERIAL),
+                    "cancelled": True,
+                    "tokens": [],
+                    "queue_wait_s": round(time.perf_counter() - t0, 4),
+                }
+            )
             emit({"type": "end", "cancelled": True})
             return
         try:
@@ -193,7 +202,7 @@ def _worker(state: AppState, req: GenRequest, emit: Any, recent: collections.deq
             emit({"type": "start", "queue_wait_s": wait})
             summary = run_generation(state.model, state.tokenizer, state.sae, req, emit)
             summary["queue_wait_s"] = wait
-            recent.append(summary)
+            recent.append({"n": next(_SERIAL), **summary})
             emit({"type": "end", **summary})
         finally:
             state.model_lock.release()

@@ -153,5 +153,7 @@ COMMANDS = [
         FindFeaturesCommand,
         run_find,
     ),
-    Command("feature show", "top contexts, activation histogram and logit lens of a feature", FeatureShowCommand, run_show),
+    Command(
+        "feature show", "top contexts, activation histogram and logit lens of a feature", FeatureShowCommand, run_show
+    ),
 ]

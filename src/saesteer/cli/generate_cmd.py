@@ -55,7 +55,9 @@ def run(cfg: GenerateCommand) -> int:
     lm = load(cfg.model)
     gen = cfg.generation
     progress = len(prompts) > gen.batch_size
-    steering = Steering.from_spec(lm.model, cfg.steering, lm.tokenizer, gen.system_prompt) if cfg.steering.active else None
+    steering = (
+        Steering.from_spec(lm.model, cfg.steering, lm.tokenizer, gen.system_prompt) if cfg.steering.active else None
+    )
     base = generate(lm.model, lm.tokenizer, prompts, gen, progress=progress, desc="base")
     if steering is None:
         print_plain(prompts, base, cfg.json)

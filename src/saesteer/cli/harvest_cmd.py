@@ -24,7 +24,9 @@ class HarvestCommand:
         "prompt sets SET[:N] whose chat conversations (with the model's own responses, generated once and cached "
         "in OUT_DIR/chat.jsonl) are mixed in, e.g. donotanswer:300 alpaca:300",
     )
-    data_dir: str | None = opt(None, "data directory for --chat-prompts (default: $SAESTEER_DATA_DIR or ../shared/data)")
+    data_dir: str | None = opt(
+        None, "data directory for --chat-prompts (default: $SAESTEER_DATA_DIR or ../shared/data)"
+    )
     chat_max_new_tokens: int = opt(48, "response length for chat data")
     model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
     harvest: Annotated[HarvestConfig, FLAT] = field(default_factory=HarvestConfig)

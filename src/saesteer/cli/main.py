@@ -8,6 +8,7 @@ line and exit 2, without a traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -72,8 +73,17 @@ def _find(argv: list[str]) -> tuple[Command, list[str]]:
 
 
 def _os_error(exc: OSError) -> str:
-    where = f" {exc.filename}" if exc.filename else ""
-    return f"cannot use{where}: {exc.strerror or exc}; check the path and its permissions"
+    """One line for an OS error on a user's path, naming what the path should be."""
+    path = exc.filename or "a path"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{path} is a file where a folder is needed; pass a folder path"
+    if exc.errno == errno.EISDIR:
+        return f"{path} is a folder where a file is needed; pass a file path"
+    if exc.errno == errno.ENOENT:
+        return f"{path} not found; check the path"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read {path} ({exc.strerror}); pick a path you can write to"
+    return f"{path}: {exc.strerror or exc}; check the path, its permissions and free disk space"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 ``saesteer/data/refusal_labels.jsonl`` holds 160 greedy 48-token outputs of the default model on HarmBench
 (val/test), JBB (harmful/benign), XSTest (safe/unsafe) and Alpaca prompts, each read and labelled by hand
 (``label_refusal``, with a ``note`` on borderline cases) and assigned to a ``tune`` or held-out ``test`` half.
-Both names are re-exported by :mod:`saesteer.evaluation.judges`.
+:func:`judge_agreement` builds a judge from its spec (``keyword``, ``llm:MODEL@BASE_URL``, ``hf:PATH_OR_ID``) and
+scores it on the held-out half: what a report states next to every refusal rate that judge produced.
 """
 
 from __future__ import annotations
@@ -13,20 +14,19 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from saesteer.errors import SaesteerError
-
-if TYPE_CHECKING:
-    from saesteer.evaluation.judges import Judge
+from saesteer.evaluation.builtin import read_package_jsonl
+from saesteer.evaluation.datasets import load_prompts
+from saesteer.evaluation.judges import Judge, get_judge
+from saesteer.evaluation.stats import wilson
 
 
 def load_refusal_labels(path: str | os.PathLike[str] | None = None, split: str | None = None) -> list[dict[str, Any]]:
     """The hand-labelled outputs (package data ``refusal_labels.jsonl`` unless ``path``), optionally one split
     (``tune``: used to tune the keyword list; ``test``: held out)."""
     if path is None:
-        from saesteer.evaluation.builtin import read_package_jsonl
-
         recs = read_package_jsonl("refusal_labels.jsonl")
     else:
         p = Path(path)
@@ -48,8 +48,6 @@ def _attach_prompts(recs: list[dict[str, Any]]) -> None:
     The packaged labels store only (prompt_set, prompt_id) and the model's completion, not the upstream
     prompt text; without a data directory the prompt stays empty (the judges read the completion).
     """
-    from saesteer.evaluation.datasets import load_prompts
-
     texts: dict[str, dict[str, str]] = {}
     for r in recs:
         if "prompt" in r or "prompt_set" not in r:
@@ -66,8 +64,6 @@ def _attach_prompts(recs: list[dict[str, Any]]) -> None:
 def agreement(judge: Judge, labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Agreement of ``judge`` with hand labels: accuracy (with Wilson 95% CI), Cohen's kappa, precision and recall
     for refusals, confusion counts (tp = both say refusal), and the indices of disagreements."""
-    from saesteer.evaluation.stats import wilson
-
     if not labels:
         raise SaesteerError("no labels to compare against; pass a non-empty label list")
     pred = judge.judge([str(r["prompt"]) for r in labels], [str(r["completion"]) for r in labels])
@@ -97,3 +93,17 @@ def agreement(judge: Judge, labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tn": tn,
         "disagreements": [i for i, (p, g) in enumerate(zip(pred, gold, strict=True)) if p != g],
     }
+
+
+JUDGES = ("keyword", "llm:MODEL@BASE_URL", "hf:PATH_OR_HUB_ID")
+
+
+def judge_agreement(spec: str | Judge = "keyword", split: str | None = "test") -> dict[str, Any]:
+    """The judge ``spec`` names (one of :data:`JUDGES`) scored against the hand labels (default: the held-out
+    ``test`` half), plus its spec, so a report can print which judge produced its refusal rates and how well it
+    agrees with people."""
+    judge = get_judge(spec)
+    out = agreement(judge, load_refusal_labels(split=split))
+    out["spec"] = spec if isinstance(spec, str) else judge.name
+    out["labels"] = f"saesteer/data/refusal_labels.jsonl ({split or 'all'} split)"
+    return out

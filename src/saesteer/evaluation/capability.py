@@ -36,6 +36,7 @@ from saesteer.evaluation.benchdata import load_gsm8k, load_mmlu, load_truthfulqa
 from saesteer.evaluation.benchmark import BenchmarkResult, fit_shots, rate_result
 from saesteer.evaluation.gated import score_gated
 from saesteer.evaluation.gsm8k import pick_gsm8k_shots, score_gsm8k
+from saesteer.evaluation.humaneval import HumanEvalProblem, chat_prompt, load_humaneval, score_humaneval
 from saesteer.evaluation.loglik import context_limit, loglikelihoods
 from saesteer.evaluation.records import MathProblem, MCQuestion, TruthfulQAItem
 from saesteer.evaluation.stats import mean_ci
@@ -70,6 +71,8 @@ class CapabilityConfig:
     gsm8k_shots: int = opt(4, "GSM8K worked examples from the train split (short ones, picked under --seed)")
     gsm8k_chat: bool = opt(True, "GSM8K through the chat template (shots as earlier turns); off: plain prompt")
     gsm8k_max_new_tokens: int = opt(256, "GSM8K tokens generated per answer")
+    humaneval_n: int | None = opt(None, "HumanEval problems (None: all 164), when humaneval is among the benchmarks")
+    humaneval_max_new_tokens: int = opt(512, "HumanEval tokens generated per answer")
     batch_size: int = opt(8, "sequences per forward pass or generate batch")
     max_length: int = opt(
         2048,
@@ -196,6 +199,8 @@ def score_truthfulqa(
 # --- all together ----------------------------------------------------------------------------------------------
 
 BENCHMARKS = ("mmlu", "truthfulqa", "gsm8k")
+#: every benchmark :func:`run_capability` knows; humaneval (generation + sandboxed execution) runs when asked
+KNOWN_BENCHMARKS = (*BENCHMARKS, "humaneval")
 
 
 @dataclass
@@ -207,14 +212,15 @@ class CapabilityData:
     truthfulqa: list[TruthfulQAItem] = field(default_factory=list)
     gsm8k: list[MathProblem] = field(default_factory=list)
     gsm8k_shots: list[MathProblem] = field(default_factory=list)
+    humaneval: list[HumanEvalProblem] = field(default_factory=list)
 
 
 def load_capability_data(cfg: CapabilityConfig, benchmarks: Sequence[str] = BENCHMARKS) -> CapabilityData:
     """Load the question samples and few-shot examples ``cfg`` names (data directory or built-in suites)."""
-    unknown = set(benchmarks) - set(BENCHMARKS)
+    unknown = set(benchmarks) - set(KNOWN_BENCHMARKS)
     if unknown:
         raise SaesteerError(
-            f"unknown capability benchmark(s) {', '.join(sorted(unknown))}; use {', '.join(BENCHMARKS)}"
+            f"unknown capability benchmark(s) {', '.join(sorted(unknown))}; use {', '.join(KNOWN_BENCHMARKS)}"
         )
     if not 0 <= cfg.mmlu_shots <= 5:
         raise SaesteerError(f"mmlu_shots={cfg.mmlu_shots}; MMLU dev splits hold 5 examples, use 0-5")
@@ -236,6 +242,8 @@ def load_capability_data(cfg: CapabilityConfig, benchmarks: Sequence[str] = BENC
             else:
                 train = load_gsm8k(None, 0, cfg.data_dir, split="train")
                 d.gsm8k_shots = pick_gsm8k_shots(train, cfg.gsm8k_shots, cfg.seed)
+    if "humaneval" in benchmarks:
+        d.humaneval = load_humaneval(cfg.humaneval_n, cfg.seed)
     return d
 
 
@@ -281,6 +289,9 @@ def run_capability(
         )
         return {"gsm8k": r}
 
+    def humaneval(ps: Sequence[HumanEvalProblem]) -> dict[str, BenchmarkResult]:
+        return {"humaneval": score_humaneval(model, tokenizer, ps, cfg.humaneval_max_new_tokens, bs)}
+
     jobs: list[tuple[Sequence[Any], Callable[[Any], str], Callable[[Any], dict[str, BenchmarkResult]]]] = []
     if "mmlu" in benchmarks:
         jobs.append((d.mmlu, mc_block, mmlu))
@@ -288,13 +299,17 @@ def run_capability(
         jobs.append((d.truthfulqa, lambda it: it.question, truthfulqa))
     if "gsm8k" in benchmarks:
         jobs.append((d.gsm8k, lambda q: q.question, gsm8k))
+    if "humaneval" in benchmarks:
+        jobs.append((d.humaneval, chat_prompt, humaneval))
     out: dict[str, BenchmarkResult] = {}
     for items, question, score in jobs:
         if steering is not None and steering.gate is not None:
-            out.update(
-                score_gated(model, tokenizer, steering, items, question, lambda x: x.id, score, bs, system_prompt)
-            )
+            out.update(score_gated(model, tokenizer, steering, items, question, _item_id, score, bs, system_prompt))
         else:
             with steering.apply(model) if steering is not None else nullcontext():
                 out.update(score(items))
     return out
+
+
+def _item_id(item: Any) -> str:
+    return str(getattr(item, "id", None) or item.task_id)

@@ -20,10 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.benchmark import BenchmarkResult, rate_result
 from saesteer.evaluation.datafiles import subsample
 from saesteer.evaluation.sandbox import run_python
+from saesteer.model.generation import encode_chats, eos_ids
 
 INSTRUCTION = (
     "Complete the following Python function. Answer with the complete function (including the imports it needs) "
@@ -98,10 +101,6 @@ def generate_code(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 512, batch_size: int = 8
 ) -> list[str]:
     """Greedy chat completions that stop at EOS or once the code block closes (``stop_strings``)."""
-    import torch
-
-    from saesteer.model.generation import encode_chats, eos_ids
-
     dev = next(model.parameters()).device
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):

@@ -5,7 +5,7 @@ All judges follow the :class:`Judge` protocol -- a ``name`` and ``judge(prompts,
 
 * :class:`KeywordJudge` (default): refusal phrases near the start of the completion. Cheap and deterministic.
   Hand labels of 160 greedy 48-token outputs of the default model (HarmBench, JBB, XSTest, Alpaca) ship in
-  ``saesteer/data/refusal_labels.jsonl``; :func:`agreement` scores a judge against them. The keyword list was
+  ``saesteer/data/refusal_labels.jsonl``; :func:`saesteer.evaluation.agreement.agreement` scores a judge against them. The keyword list was
   tuned on the ``tune`` half (80); on the held-out ``test`` half it scores 80/80 (kappa 1.0), before tuning
   78/80 (kappa 0.95). The default model's refusals are formulaic, so expect lower agreement on other models or
   heavily steered outputs: re-label a sample there.
@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.agreement import agreement, load_refusal_labels
 from saesteer.evaluation.endpoint import chat_completion
 
 __all__ = [
@@ -39,9 +38,7 @@ __all__ = [
     "JudgeError",
     "KeywordJudge",
     "LLMJudge",
-    "agreement",
     "get_judge",
-    "load_refusal_labels",
     "normalise",
     "parse_verdict",
 ]

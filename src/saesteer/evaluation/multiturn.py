@@ -43,7 +43,7 @@ from saesteer.evaluation.attackers import (
     parse_next_message,
     render_crescendo_system,
 )
-from saesteer.evaluation.datasets import FracturedItem
+from saesteer.evaluation.datasets import FracturedItem, load_crescendo_prompt, load_fractured, load_prompts
 from saesteer.evaluation.judges import Judge, KeywordJudge
 from saesteer.evaluation.stats import wilson
 from saesteer.model.generation import GenerationConfig, Message, generate
@@ -55,7 +55,8 @@ TargetContext = Callable[[], AbstractContextManager[Any]]
 class MultiTurnConfig:
     """Sizes and options of the multi-turn attacks (the target's decoding is its GenerationConfig)."""
 
-    n: int = opt(10, "escalations (FRACTURED) or objectives (Crescendo) per run")
+    n: int = opt(10, "FRACTURED escalations per run")
+    crescendo_n: int | None = opt(None, "Crescendo objectives per run (default: n); reported as its own metric")
     seed: int = opt(0, "seed of the sample")
     max_steps: int | None = opt(None, "FRACTURED: keep only the last N sub-questions of each escalation")
     max_turns: int = opt(3, "Crescendo: target turns per attack")
@@ -227,8 +228,6 @@ def run_crescendo(
 ) -> MultiTurnResult:
     """Crescendo attacks on all ``objectives`` in lockstep (one batched attacker call and one batched target call
     per round); success = the last accepted target answer is not a refusal."""
-    from saesteer.evaluation.datasets import load_crescendo_prompt
-
     if not objectives:
         raise SaesteerError("no Crescendo objectives; give at least one")
     if max_turns < 1 or max_backtracks < 0:
@@ -310,25 +309,26 @@ def run_multiturn(
     cfg: MultiTurnConfig,
     objectives: Sequence[str] | None = None,
     attacks: Sequence[str] = ("fractured", "crescendo"),
+    items: Sequence[FracturedItem] | None = None,
     judge: Judge | None = None,
     target_context: TargetContext | None = None,
     progress: bool = False,
 ) -> dict[str, MultiTurnResult]:
-    """Both attacks as ``cfg`` says; Crescendo objectives default to ``cfg.n`` HarmBench test behaviours."""
-    from saesteer.evaluation.datasets import load_fractured, load_prompts
-
+    """Both attacks as ``cfg`` says, each its own metric with its own n: FRACTURED on ``items`` (default ``cfg.n``
+    escalations), Crescendo on ``objectives`` (default ``cfg.crescendo_n`` HarmBench test behaviours)."""
     out: dict[str, MultiTurnResult] = {}
     ck = (lambda name: f"{cfg.checkpoint}.{name}.json") if cfg.checkpoint else (lambda name: None)
     if "fractured" in attacks:
-        items = load_fractured(cfg.n, cfg.seed, cfg.data_dir)
+        items = list(items) if items is not None else load_fractured(cfg.n, cfg.seed, cfg.data_dir)
         out["fractured"] = run_fractured(
             model, tokenizer, gen_cfg, items, judge, cfg.max_steps, ck("fractured"), target_context, progress
         )
     if "crescendo" in attacks:
+        cn = cfg.crescendo_n if cfg.crescendo_n is not None else cfg.n
         objs = (
             list(objectives)
             if objectives is not None
-            else [p.text for p in load_prompts("harmbench", "test", cfg.n, cfg.seed, cfg.data_dir)]
+            else [p.text for p in load_prompts("harmbench", "test", cn, cfg.seed, cfg.data_dir)]
         )
         attacker: Attacker | None = None
         if cfg.attacker_endpoint:

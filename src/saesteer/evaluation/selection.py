@@ -91,7 +91,9 @@ def select(registry: SplitRegistry, takes: Sequence[Take], seed: int = 0) -> dic
     out: dict[tuple[str, str], list[Prompt]] = {}
     for t in takes:
         if t.purpose not in PURPOSES:
-            raise SaesteerError(f"unknown purpose {t.purpose!r} in the selection plan; use one of {', '.join(PURPOSES)}")
+            raise SaesteerError(
+                f"unknown purpose {t.purpose!r} in the selection plan; use one of {', '.join(PURPOSES)}"
+            )
         got = registry.take(t.dataset, t.purpose, t.n, seed)
         out[(t.purpose, t.dataset)] = out.get((t.purpose, t.dataset), []) + got
     return out

@@ -34,6 +34,7 @@ from saesteer.evaluation.builtin import builtin_gsm8k, builtin_mmlu, builtin_tru
 from saesteer.evaluation.datafiles import data_dir as resolve_data_dir
 from saesteer.evaluation.datafiles import has_data, subsample
 from saesteer.evaluation.datasets import load_prompts
+from saesteer.evaluation.humaneval import load_humaneval
 from saesteer.evaluation.records import FracturedItem, MathProblem, MCQuestion, Prompt, TruthfulQAItem
 
 PURPOSES = ("sae_chat", "direction", "rankers", "screen", "clamp_choice", "gate", "fewshot", "test")
@@ -122,8 +123,6 @@ def _item_loader(name: str, split: str | None, root: str | os.PathLike[str] | No
         "builtin_truthfulqa": builtin_truthfulqa,
     }
     if name == "humaneval":
-        from saesteer.evaluation.humaneval import load_humaneval
-
         return list(load_humaneval())
     if name not in loaders:
         raise SaesteerError(f"unknown dataset {name!r} for take_items; known: {', '.join([*loaders, 'humaneval'])}")

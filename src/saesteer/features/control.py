@@ -218,9 +218,12 @@ class ControlVerifier:
         (bh, bs), (ch, cs) = self._gen_base, self.generate(feature, value)
         return _rate(ch) - _rate(bh), _rate(cs) - _rate(bs), len(bh)
 
-    def check(self, choice: ControlChoice, value: float, multiple: float) -> ControlCheck:
-        f = int(choice.feature) if choice.feature is not None else -1
-        cu, cs = self._cheap(f, value)
+    def check(
+        self, feature: int, value: float, multiple: float, cos_direction: float | None = None,
+        cos_chosen: float | None = None,
+    ) -> ControlCheck:  # fmt: skip
+        """Clamp ``feature`` to ``value`` (= ``multiple`` x its max): cheap score first, then generation."""
+        cu, cs = self._cheap(feature, value)
         gu: float | None = None
         gs: float | None = None
         n_gen = 0
@@ -230,13 +233,13 @@ class ControlVerifier:
                 f"outside the band: cheap score moved refusal by {cu:+.1%} / {cs:+.1%} (band +/-{self.band:.0%})",
             )
         else:
-            gu, gs, n_gen = self._gen(f, value)
+            gu, gs, n_gen = self._gen(feature, value)
             ok = max(abs(gu), abs(gs)) <= self.gen_band
             why = (
                 f"{'within' if ok else 'outside'} the band: generation moved refusal by {gu:+.1%} / {gs:+.1%} "
                 f"(band +/-{self.gen_band:.0%}; cheap score {cu:+.1%} / {cs:+.1%})"
             )
         return ControlCheck(
-            f, value, multiple, choice.cosine_with_direction, choice.cosine_with_chosen, self.calib.measure,
-            int(self.is_harm.numel()), cu, cs, n_gen, gu, gs, self.band, self.gen_band, ok, why,
+            feature, value, multiple, cos_direction, cos_chosen, self.calib.measure, int(self.is_harm.numel()),
+            cu, cs, n_gen, gu, gs, self.band, self.gen_band, ok, why,
         )  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from saesteer.features import rankers as rk
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.contexts import FILE as CONTEXTS_FILE
 from saesteer.features.contexts import ContextStore
-from saesteer.features.reference import reference_store
+from saesteer.features.reference import corpus_texts, reference_store
 from saesteer.features.refusal_score import RefusalTokens, ScoreCalibration
 from saesteer.features.screen import ScreenRunner, generate_judged
 from saesteer.model.adapter import ArchAdapter, HookPoint
@@ -66,7 +66,6 @@ class Run:
     fingerprint: str
     stages: StageRunner
     progress: bool = True
-    _screen: list[ScreenRunner] = field(default_factory=list)
 
     @property
     def hook(self) -> HookPoint:
@@ -86,24 +85,14 @@ class Run:
     def is_harm(self) -> torch.Tensor:
         return torch.tensor([True] * len(self.prompts.harm) + [False] * len(self.prompts.safe))
 
+    @functools.cached_property
     def screen(self) -> ScreenRunner:
         """The cheap-screen runner over the dev prompts (built on first use: one forward per prompt)."""
-        if not self._screen:
-            c = self.cfg
-            self._screen.append(
-                ScreenRunner(
-                    self.adapter,
-                    self.tokenizer,
-                    self.sae,
-                    self.prompts.harm + self.prompts.safe,
-                    self.tokens,
-                    c.batch_size,
-                    c.system_prompt,
-                    fast=c.fast_screen,
-                    progress=self.progress,
-                )  # fmt: skip
-            )
-        return self._screen[0]
+        c, p = self.cfg, self.prompts
+        return ScreenRunner(
+            self.adapter, self.tokenizer, self.sae, p.harm + p.safe, self.tokens, c.batch_size, c.system_prompt,
+            fast=c.fast_screen, progress=self.progress,
+        )  # fmt: skip
 
     def key(self, fields: Sequence[str], **extra: Any) -> dict[str, Any]:
         """A stage's inputs: the named config fields, the model, the SAE and ``extra`` (upstream stages...)."""
@@ -122,7 +111,7 @@ class Run:
         def compute(folder: Path) -> Any:
             result = fn(folder)
             atomic_write_json(folder / RESULT, result)
-            return json.loads(json.dumps(result, default=str))
+            return json.loads(json.dumps(result, default=str))  # as a later run will load it (str keys...)
 
         return self.stage(name, inputs, compute, lambda folder: json.loads((folder / RESULT).read_text()))
 
@@ -153,7 +142,7 @@ def baseline(run: Run) -> dict[str, Any]:
     p, net = run.prompts, run.adapter.model
 
     def compute(_folder: Path) -> dict[str, Any]:
-        sr = run.screen()
+        sr = run.screen
         kw = {"progress": run.progress}
         oh, rh = generate_judged(net, run.tokenizer, p.harm, run.gen_cfg, run.judge, desc="baseline harmful", **kw)
         os_, rs = generate_judged(net, run.tokenizer, p.safe, run.gen_cfg, run.judge, desc="baseline harmless", **kw)
@@ -223,8 +212,9 @@ def contexts(run: Run, paper: dict[str, Any]) -> ContextStore:
         store.save(folder / CONTEXTS_FILE)
         return store
 
-    fields = ("corpus", "corpus_windows", "context_len", "topic_prompts", "data_dir")
-    inputs = run.key(fields, prompts=prompt_ids(p), candidates=run.folder("candidates"))
+    fields = ("corpus_windows", "context_len", "topic_prompts")
+    corpus = stable_hash(corpus_texts(c))  # by content: an edited corpus file is a new stage
+    inputs = run.key(fields, corpus=corpus, prompts=prompt_ids(p), candidates=run.folder("candidates"))
     return run.stage("contexts", inputs, compute, lambda folder: ContextStore.load(folder / CONTEXTS_FILE))
 
 
@@ -239,7 +229,7 @@ def cheap_screen(
     base_scores = torch.tensor(base["scores"])
 
     def one(f: int) -> dict[str, Any]:
-        s = run.screen().scores(f, values[f])
+        s = run.screen.scores(f, values[f])
         return asdict(cheap_result(f, values[f], s, base_scores, run.is_harm, calib, run.cfg.penalty))
 
     def compute(folder: Path) -> dict[str, Any]:
@@ -305,6 +295,23 @@ def control_multiple(cfg: FindFeaturesConfig, chosen_value: float, chosen_max: f
     return cfg.clamp_multiple
 
 
+def _verifier(run: Run, base: dict[str, Any], calib: ScoreCalibration) -> Any:
+    """The control check on the dev prompts: the screen's cheap scores, then clamped judged generation."""
+    from saesteer.features.control import ControlVerifier
+
+    c, p = run.cfg, run.prompts
+    gen = clamp_generate(run, p.harm[: c.control_n_generate], p.safe[: c.control_n_generate], "control ")
+
+    def refusals(f: int | None, v: float) -> tuple[list[bool], list[bool]]:
+        (_, rh), (_, rs) = gen(f, v)
+        return rh, rs
+
+    baseline = torch.tensor(base["scores"])
+    return ControlVerifier(
+        run.screen.scores, baseline, run.is_harm, calib, refusals, c.control_band, c.control_gen_band
+    )
+
+
 def control(
     run: Run,
     store: ContextStore,
@@ -315,45 +322,33 @@ def control(
     calib: ScoreCalibration,
 ) -> dict[str, Any]:
     """Verified-neutral control feature: candidates by statistics, checked in order (see features.control)."""
-    from saesteer.features.control import ControlVerifier, control_candidates, no_control, topic_ranking
+    from saesteer.features.control import control_candidates, no_control, topic_ranking
 
-    c, p, stats = run.cfg, run.prompts, store.stats()
-    f_t, v_t = target
+    c, stats, (f_t, v_t) = run.cfg, store.stats(), target
     multiple = control_multiple(c, v_t, float(stats.max_act[f_t]))
     cos_dir = rk.decoder_cosine(run.sae, direction) if float(direction.norm()) > 0 else None
     cos_chosen = rk.decoder_cosine(run.sae, run.sae.W_dec[f_t])
-    found = control_candidates(
-        topic_ranking(store), stats, f_t, exclude, cos_dir, c.control_max_cos, chosen_cosine=cos_chosen
-    )
-    n = c.control_n_generate
-    gen = clamp_generate(run, p.harm[:n], p.safe[:n], "control ")
-
-    def refusals(f: int | None, v: float) -> tuple[list[bool], list[bool]]:
-        (_, rh), (_, rs) = gen(f, v)
-        return rh, rs
+    found = control_candidates(topic_ranking(store), stats, f_t, exclude, cos_dir, c.control_max_cos,
+                               chosen_cosine=cos_chosen)[: c.control_tries]  # fmt: skip
 
     def compute(folder: Path) -> dict[str, Any]:
-        verifier = ControlVerifier(
-            run.screen().scores, torch.tensor(base["scores"]), run.is_harm, calib, refusals,
-            c.control_band, c.control_gen_band,
-        )  # fmt: skip
-
-        def check(cand: Any, value: float) -> dict[str, Any]:
-            return verifier.check(cand, value, multiple).to_dict()
-
-        checks = []
-        for cand in found[: c.control_tries]:
+        verifier, checks = _verifier(run, base, calib), []
+        for cand in found:
             f = int(cand.feature or 0)  # candidates always name a feature
-            value = multiple * float(stats.max_act[f])
-            checks.append(per_item(folder, f"check-{f}", functools.partial(check, cand, value)))
+            args = (
+                f,
+                multiple * float(stats.max_act[f]),
+                multiple,
+                cand.cosine_with_direction,
+                cand.cosine_with_chosen,
+            )
+            checks.append(per_item(folder, f"check-{f}", lambda: verifier.check(*args).to_dict()))  # noqa: B023
             if checks[-1]["passed"]:
                 return {"control": asdict(cand), "checks": checks}
-        why = (
-            f"none of the {len(checks)} candidates checked stayed within the bands"
-            if checks
-            else f"no topic feature is active, unrelated to safety (|cos| <= {c.control_max_cos}) and distinct"
-        )
-        return {"control": asdict(no_control(stats, f_t, why, len(found))), "checks": checks}
+        why = f"none of the {len(checks)} candidates checked stayed within the bands" if checks else (
+            f"no topic feature is active, unrelated to safety (|cos| <= {c.control_max_cos}) and distinct")  # fmt: skip
+        considered = found[0].considered if found else 0  # every qualifying candidate, checked or not
+        return {"control": asdict(no_control(stats, f_t, why, considered)), "checks": checks}
 
     fields = ("control_max_cos", "control_multiple", "control_band", "control_gen_band", "control_n_generate",
               "control_tries", "clamp_multiple", "clamp_value", "positions", "max_new_tokens", "judge")  # fmt: skip

@@ -27,6 +27,7 @@ from saesteer.features.rankers import Ranking
 from saesteer.features.screen import CheapResult, GenResult, Rate
 
 FORMAT = "saesteer.features.v2"
+READABLE = (FORMAT, "saesteer.features.v1")  # v1: the same without control_checks
 PAPER_VALUES = (10.0, 12.0)
 
 
@@ -120,10 +121,10 @@ class FeatureReport:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FeatureReport:
-        if d.get("format") != FORMAT:
+        if d.get("format") not in READABLE:
             raise SaesteerError(f"features.json has format {d.get('format')!r}, not {FORMAT}; rerun find-features")
         s, b = d["screen"], d["baseline"]
-        kw = {f.name: d["features" if f.name == "cards" else f.name] for f in fields(cls)}
+        kw: dict[str, Any] = {f.name: d.get("features" if f.name == "cards" else f.name) for f in fields(cls)}
         kw["sae"] = SaeInfo(**d["sae"])
         kw["baseline"] = Baseline(Rate(**b["harmful"]), Rate(**b["harmless"]), list(b.get("examples", [])))
         kw["screen"] = Screen(
@@ -132,7 +133,7 @@ class FeatureReport:
         )  # fmt: skip
         kw["chosen"] = GenResult.from_dict(d["chosen"]) if d["chosen"] else None
         kw["control"] = ControlChoice(**d["control"]) if d["control"] else None
-        kw["control_checks"] = [ControlCheck(**c) for c in d["control_checks"]]
+        kw["control_checks"] = [ControlCheck(**c) for c in d.get("control_checks", [])]
         return cls(**kw)
 
     def save(self, path: str | os.PathLike[str]) -> None:

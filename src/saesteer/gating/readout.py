@@ -17,7 +17,7 @@ Each rule is a :class:`~saesteer.steering.gate.Gate` reduction (``last`` with an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +120,10 @@ def readouts(
         if name == last.name:
             raise _Done
 
-    handles = [ad.add_hook(p, lambda x, n=p.name: grab(x, n)) for p in points]
+    def grabber(name: str) -> Callable[[torch.Tensor], None]:
+        return lambda x: grab(x, name)
+
+    handles = [ad.add_hook(p, grabber(p.name)) for p in points]
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

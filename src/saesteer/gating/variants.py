@@ -57,8 +57,8 @@ class GateData:
                     f"gate dev data: too few {role} prompts ({len(items)}) to split into fit and calibration"
                 )
             parts[role] = (fit, cal)
-        fit_d = GateData(*(parts[r][0] for r in ROLES), sources=self.sources)
-        cal_d = GateData(*(parts[r][1] for r in ROLES), sources=self.sources)
+        fit_d = GateData(parts["harmful"][0], parts["hard"][0], parts["alpaca"][0], self.sources)
+        cal_d = GateData(parts["harmful"][1], parts["hard"][1], parts["alpaca"][1], self.sources)
         return fit_d, cal_d
 
     def provenance(self) -> dict[str, Any]:

@@ -1,8 +1,15 @@
 """Batched chat generation: conversations in, completions out.
 
 Conversations are a user prompt (``str``) or a list of ``{"role", "content"}`` messages (multi-turn).
-They go through the tokenizer's chat template, are left-padded into batches, and decoded with the
-KV cache, greedily or by sampling under a seed, until EOS or ``max_new_tokens``.
+They go through the tokenizer's chat template, are sorted by token count and cut into batches of
+``batch_size`` (similar lengths pad little), left-padded, and decoded with the KV cache, greedily or
+by sampling under a seed, until EOS or ``max_new_tokens``. Results come back in the caller's order.
+
+Decoding runs the fast path of :mod:`saesteer.model.decode` (greedy output identical to Hugging
+Face ``generate``) unless ``fast`` is off or the model's generation config asks for logits
+processing that path does not implement. Around each batch, :func:`saesteer.model.rows.example_rows`
+declares which conversations the batch rows hold, so per-example steering values (one row per
+conversation, in the caller's order) follow their prompts.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import torch
 
 from saesteer.config import opt
 from saesteer.errors import SaesteerError
+from saesteer.model.decode import decode, supported
+from saesteer.model.rows import example_rows
 
 Message = dict[str, str]
 Conversation = str | Sequence[Message]
@@ -31,6 +40,7 @@ class GenerationConfig:
     top_p: float = opt(1.0, "nucleus sampling mass (with --do-sample)")
     seed: int = opt(0, "random seed for sampling")
     system_prompt: str | None = opt(None, "system prompt prepended to every conversation (default: the template's)")
+    fast: bool = opt(True, "decode with saesteer's KV-cache loop and prepacked CPU weights (off: Hugging Face generate)")
 
 
 def to_messages(conv: Conversation, system_prompt: str | None = None) -> list[Message]:
@@ -49,6 +59,26 @@ def to_messages(conv: Conversation, system_prompt: str | None = None) -> list[Me
     if system_prompt is not None and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system_prompt}, *msgs]
     return msgs
+
+
+def chat_texts(tokenizer: Any, convs: Sequence[Conversation], system_prompt: str | None = None) -> list[str]:
+    """Each conversation through the tokenizer's chat template, ending with the assistant's turn."""
+    return [
+        tokenizer.apply_chat_template(to_messages(c, system_prompt), tokenize=False, add_generation_prompt=True)
+        for c in convs
+    ]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of token lists, left-padded to the longest."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def encode_chats(
@@ -85,24 +115,43 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-@torch.no_grad()
-def generate_batch(model: Any, tokenizer: Any, convs: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
-    """Generate one completion per conversation in a single batch."""
-    enc = encode_chats(tokenizer, convs, cfg.system_prompt)
-    dev = next(model.parameters()).device
-    enc = {k: v.to(dev) for k, v in enc.items()}
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": cfg.max_new_tokens,
-        "do_sample": cfg.do_sample,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": eos_ids(model, tokenizer),
-    }
+def hf_generate(model: Any, enc: dict[str, torch.Tensor], cfg: GenerationConfig, pad_id: int, eos: list[int]) -> Any:
+    """Hugging Face ``generate`` on a left-padded batch; returns only the new tokens."""
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample}
+    kwargs.update(pad_token_id=pad_id, eos_token_id=eos)
     if cfg.do_sample:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1] :]
+    return out[:, enc["input_ids"].shape[1] :]
+
+
+@torch.no_grad()
+def decode_batch(model: Any, tokenizer: Any, enc: dict[str, torch.Tensor], cfg: GenerationConfig) -> torch.Tensor:
+    """New tokens of one left-padded batch, by the fast path where it applies, else ``generate``."""
+    dev = next(model.parameters()).device
+    enc = {k: v.to(dev) for k, v in enc.items()}
+    eos = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    if not (cfg.fast and supported(model)):
+        return hf_generate(model, enc, cfg, pad_id, eos)
+    return decode(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        max_new_tokens=cfg.max_new_tokens,
+        eos_ids=eos,
+        pad_id=pad_id,
+        do_sample=cfg.do_sample,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+    )
+
+
+def generate_batch(model: Any, tokenizer: Any, convs: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+    """Generate one completion per conversation in a single batch (rows in the given order)."""
+    new = decode_batch(model, tokenizer, encode_chats(tokenizer, convs, cfg.system_prompt), cfg)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
@@ -114,7 +163,11 @@ def generate(
     progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
-    """Generate completions for many conversations, in batches, optionally with a progress bar."""
+    """Completions for many conversations, in the caller's order, batched by length.
+
+    Batch row ``r`` of conversations ``idx`` runs inside ``example_rows(idx)``, so a steering value
+    with one row per conversation reaches the right prompt whatever the batching.
+    """
     cfg = cfg or GenerationConfig()
     if len(convs) == 0:
         raise SaesteerError("empty prompt list; give at least one prompt")
@@ -122,17 +175,21 @@ def generate(
         raise SaesteerError("max_new_tokens and batch_size must be >= 1")
     if cfg.do_sample:
         torch.manual_seed(cfg.seed)
-    # sort by length so batches pad little; restore the order at the end
-    order = sorted(range(len(convs)), key=lambda i: len(str(convs[i])))
+    texts = chat_texts(tokenizer, convs, cfg.system_prompt)
+    tokens = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    order = sorted(range(len(convs)), key=lambda i: len(tokens[i]))  # stable: equal lengths keep their order
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results: list[str] = [""] * len(convs)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(convs), desc=desc, disable=not progress, unit="conv")
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        outs = generate_batch(model, tokenizer, [convs[i] for i in idx], cfg)
-        for i, o in zip(idx, outs, strict=True):
-            results[i] = o
+        enc = left_pad([tokens[i] for i in idx], pad_id)
+        with example_rows(idx):
+            new = decode_batch(model, tokenizer, enc, cfg)
+        for i, row in zip(idx, new, strict=True):
+            results[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         bar.update(len(idx))
     bar.close()
     return results

@@ -3,18 +3,27 @@
 * :func:`activation_metrics` -- fraction of variance unexplained (FVU), L0, dead and dense latent fractions.
 * :func:`spliced_metrics` -- next-token CE and KL versus the clean model with the SAE output replacing the
   activation at ``sae.cfg.hook_name``; CE recovered relative to zero-ablation; and the same splice with the
-  error term added back (must change nothing). Padding positions are ignored.
+  error term added back (must change nothing). Padding positions are ignored. ``ce_increase`` is the
+  ΔCE = CE(spliced) - CE(clean), in nats per predicted token.
+* :func:`evaluate_sae` -- both, reported apart on web text (corpus windows) and on chat-formatted
+  conversations (chat template + the model's own responses), and the held-out tokens split by kind.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saesteer.activations.harvest import right_pad
+from saesteer.activations.sources import KIND_NAMES, chat_windows, iter_texts
+from saesteer.activations.store import ActivationStore
+from saesteer.config import opt
 from saesteer.errors import SaesteerError
 from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE, TopKSAE
@@ -33,28 +42,46 @@ def _reconstruct(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return sae.decode(z), active.nonzero()[:, 1], active.sum(dim=-1)
 
 
+def _chunks(x: torch.Tensor, chunk: int, boundary: float) -> list[torch.Tensor]:
+    """``x`` split into pieces of at most ``chunk`` rows, with a cut at row ``boundary`` if it falls inside."""
+    if 0 < boundary < x.shape[0]:
+        b = int(boundary)
+        return [*x[:b].split(chunk), *x[b:].split(chunk)]
+    return list(x.split(chunk))
+
+
 @torch.no_grad()
 def activation_metrics(
-    sae: SAE, batches: Iterable[torch.Tensor], chunk: int = 4096, dense_threshold: float = 0.1
+    sae: SAE,
+    batches: Iterable[torch.Tensor],
+    chunk: int = 4096,
+    dense_threshold: float = 0.1,
+    dead_window: int | None = None,
 ) -> dict[str, float]:
     """FVU, MSE, L0, dead and dense fractions of ``sae`` over raw activation batches [N, d_in].
 
-    FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all tokens. A latent is dead if it never fires
-    on these tokens, dense if it fires on more than ``dense_threshold`` of them.
+    FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all tokens. Dead: fired zero times in the first
+    ``dead_window`` tokens (the definition training reports; None: all tokens); ``dead_window_tokens`` says
+    how many tokens that window held (fewer than asked when the data are shorter). Dense: fires on more
+    than ``dense_threshold`` of all tokens.
     """
     dev, dtype = sae.W_enc.device, sae.W_enc.dtype
     fires = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
+    fires_w = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
+    window = dead_window if dead_window is not None else float("inf")
     sq_err = sum_x2 = l0_sum = 0.0
     sum_x = torch.zeros(sae.d_in, dtype=torch.float64, device=dev)
     n = 0
     for batch in batches:
         if batch.shape[-1] != sae.d_in:
             raise SaesteerError(f"activation width {batch.shape[-1]} != SAE d_in {sae.d_in}; use matching data")
-        for x in batch.reshape(-1, sae.d_in).split(chunk):
+        for x in _chunks(batch.reshape(-1, sae.d_in), chunk, window - n):
             x = x.to(dev, dtype)
             if not torch.isfinite(x).all():
                 raise SaesteerError("held-out activations hold NaN or inf values; rebuild the activation cache")
             recon, ids, l0 = _reconstruct(sae, x)
+            if n < window:  # the chunks are cut at the window's end, so a chunk is inside or outside it
+                fires_w += torch.bincount(ids, minlength=sae.d_sae)
             xd = x.double()
             sq_err += (xd - recon.double()).pow(2).sum().item()
             sum_x2 += xd.pow(2).sum().item()
@@ -70,7 +97,8 @@ def activation_metrics(
         "fvu": sq_err / max(total_var, 1e-30),
         "mse": sq_err / (n * sae.d_in),
         "l0": l0_sum / n,
-        "dead_frac": (fires == 0).double().mean().item(),
+        "dead_frac": (fires_w == 0).double().mean().item(),
+        "dead_window_tokens": float(min(n, window)),
         "dense_frac": (freq > dense_threshold).double().mean().item(),
         "n_tokens": float(n),
     }
@@ -195,4 +223,104 @@ def combine_spliced(results: list[dict[str, Any]]) -> dict[str, Any]:
     out["delta_ce_error_term"] = out["ce_error_term"] - out["ce_clean"]
     out["n_predictions"] = total
     out["spliced_frac"] = sum(r.get("spliced_frac", 1.0) * r["n_predictions"] for r in results) / total
+    return out
+
+
+@dataclass
+class SaeEvalConfig:
+    """How :func:`evaluate_sae` measures an SAE (held-out tokens, web text, chat conversations)."""
+
+    held_out_tokens: int = opt(65_536, "held-out cache tokens for FVU / L0 / dead / dense")
+    n_texts: int = opt(64, "web texts (the corpus's last ones, least likely harvested) for the spliced metrics")
+    n_chats: int = opt(64, "chat conversations for the spliced metrics")
+    context_len: int = opt(128, "tokens per window")
+    batch_size: int = opt(8, "windows per forward pass")
+    outlier_factor: float = opt(
+        8.0, "leave tokens unspliced whose norm exceeds this many times the median (as harvest drops them; 0: all)"
+    )
+    dead_window: int | None = opt(None, "dead = zero firings in this many held-out tokens (default: the SAE's training window)")
+
+
+def corpus_windows(
+    corpus: str, tokenizer: Any, n_texts: int = 64, context_len: int = 128, text_key: str = "text"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the corpus's last ``n_texts`` texts, one right-padded window each, no special tokens."""
+    texts = list(deque(iter_texts(corpus, text_key), maxlen=n_texts))
+    rows = [ids[:context_len] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    rows = [r for r in rows if len(r) >= 2]
+    if not rows:
+        raise SaesteerError(f"corpus {corpus}: no text has 2 or more tokens")
+    return right_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+def conversation_windows(
+    conversations: list[list[dict[str, str]]], tokenizer: Any, context_len: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of conversations rendered with the chat template (template tokens included), one window each."""
+    rows = [ids for ids, _ in chat_windows(tokenizer, conversations, context_len) if len(ids) >= 2]
+    if not rows:
+        raise SaesteerError("no chat conversation to score; give conversations with a prompt and a response")
+    return right_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+def spliced_over(
+    model: nn.Module, sae: SAE, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 8, outlier_factor: float = 8.0
+) -> dict[str, Any]:
+    """:func:`spliced_metrics` over all windows, ``batch_size`` at a time, combined; adds ``n_windows``."""
+    adapter = ArchAdapter(model)
+    dev = next(model.parameters()).device
+    sae = sae.to(dev)
+    parts = [
+        spliced_metrics(model, adapter, sae, ids[i : i + batch_size].to(dev), mask[i : i + batch_size].to(dev),
+                        outlier_factor=outlier_factor)
+        for i in range(0, ids.shape[0], batch_size)
+    ]  # fmt: skip
+    return {**combine_spliced(parts), "n_windows": int(ids.shape[0])}
+
+
+def held_out_metrics(sae: SAE, store: ActivationStore, n_tokens: int, dead_window: int | None) -> dict[str, Any]:
+    """:func:`activation_metrics` on the held-out split, overall and per token kind (when the cache has kinds)."""
+    acts = store.held_out(n_tokens)
+    out: dict[str, Any] = {"all": activation_metrics(sae, [acts], dead_window=dead_window)}
+    kinds = store.held_out_kinds(n_tokens)
+    if kinds is not None:
+        names = KIND_NAMES if kinds.dtype != torch.bool else ("corpus", "chat")
+        for code, name in enumerate(names):
+            sel = kinds.to(torch.long) == code
+            if int(sel.sum()) > 0:
+                out[name] = activation_metrics(sae, [acts[sel]], dead_window=dead_window)
+    return out
+
+
+def evaluate_sae(
+    model: nn.Module | None,
+    tokenizer: Any,
+    sae: SAE,
+    cfg: SaeEvalConfig,
+    *,
+    store: ActivationStore | None = None,
+    corpus: str | None = None,
+    conversations: list[list[dict[str, str]]] | None = None,
+    text_key: str = "text",
+) -> dict[str, Any]:
+    """Fidelity of ``sae``: held-out reconstruction (by kind), and spliced CE / KL / ΔCE on web text and on chat.
+
+    Returns ``{"dead_window_tokens", "activations", "web", "chat"}`` with the parts whose inputs were given:
+    ``store`` for the held-out metrics, ``model`` + ``corpus`` for ``web``, ``model`` + ``conversations``
+    for ``chat``.
+    """
+    window = cfg.dead_window or sae.cfg.metadata.get("train_config", {}).get("dead_window")
+    out: dict[str, Any] = {}
+    if store is not None:
+        store.check_matches(hook_name=sae.cfg.hook_name or None, d_model=sae.d_in)
+        out["activations"] = held_out_metrics(sae, store, cfg.held_out_tokens, window)
+        out["dead_window_tokens"] = out["activations"]["all"]["dead_window_tokens"]
+    if model is not None and corpus:
+        ids, mask = corpus_windows(corpus, tokenizer, cfg.n_texts, cfg.context_len, text_key)
+        out["web"] = spliced_over(model, sae, ids, mask, cfg.batch_size, cfg.outlier_factor)
+    if model is not None and conversations:
+        ids, mask = conversation_windows(conversations[: cfg.n_chats], tokenizer, cfg.context_len)
+        out["chat"] = spliced_over(model, sae, ids, mask, cfg.batch_size, cfg.outlier_factor)
+    if not out:
+        raise SaesteerError("nothing to measure; give an activation cache, or a model with a corpus or conversations")
     return out

@@ -162,7 +162,7 @@ class TopKTrainer:
         """One optimisation step on a raw activation batch [N, d_in]; raises on NaN/inf input or loss."""
         if batch.ndim != 2 or batch.shape[1] != self.d_in:
             raise SaesteerError(f"activation batch has shape {tuple(batch.shape)}; expected [N, {self.d_in}]")
-        x = batch.to(self.device, non_blocking=True).float().mul_(self.scale)
+        x = batch.to(self.device, non_blocking=True).float() * self.scale  # never scale the caller's tensor in place
         dead = self.dead_mask()
         out = self.compute(x, dead)
         fvu, auxk = out.fvu.item(), out.auxk.item()

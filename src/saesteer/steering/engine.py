@@ -33,7 +33,6 @@ from saesteer.steering.operators import Editor
 from saesteer.steering.positions import (
     ForwardInfo,
     Positions,
-    expand_rows,
     forward_info,
     position_mask,
     selects_nothing,
@@ -257,6 +256,6 @@ class SteeringHandle:
         sel = position_mask(st.positions, info, self.prompt_len, x.device)
         if st.gate is not None:
             assert self.gate_on is not None
-            g = expand_rows(self.gate_on, info.batch, "gate decision").to(x.device).unsqueeze(1)
+            g = self.gate_on.to(x.device).unsqueeze(1)  # decided on this batch's own prompt pass: its rows
             sel = g.expand(info.batch, info.seq) if sel is None else sel & g
         return st.editor.apply(x, sel, info)

@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from saesteer.model.rows import select_rows
 from saesteer.sae.base import SAE
 from saesteer.steering.interventions import Value
-from saesteer.steering.positions import ForwardInfo, expand_rows
+from saesteer.steering.positions import ForwardInfo
 
 Reader = Callable[[torch.Tensor], torch.Tensor]  # x (N, d_model) float32 -> z (N, |F|) float32
 ReaderFactory = Callable[[SAE, list[int], torch.device, bool], Reader]
@@ -135,7 +136,7 @@ class StepContext:
         v = self.editor.cached(("value", id(value), dev), lambda: value.to(dev, torch.float32))
         if v.ndim == 0:
             return v
-        v = expand_rows(v, self.info.batch, "per-example value")
+        v = select_rows(v, self.info.batch, "per-example value")
         if v.ndim == 1:
             return v.view(-1, 1, 1)
         pos = self.info.abs_positions(self.x.device)

@@ -17,6 +17,10 @@ Positions are counted in the padded input: absolute position ``p`` of a row is c
 * ``mask``: an explicit bool ``(batch, seq)`` mask over absolute positions; positions past its
   width follow ``beyond`` (False: not steered; True: steered, e.g. all generated tokens).
 
+Per-example settings (a mask's rows, a ``(batch,)`` value) are indexed by example: row ``r`` of a
+running batch takes the row of the example it holds, as declared by the generator with
+:func:`saesteer.model.rows.example_rows` (batched ``generate`` does; beams are declared there too).
+
 Padding positions (attention mask 0) are never touched, whatever the mode. A forward with no
 attention mask (plain ``model(input_ids)``) has no padding. With a prepared 4-D or dict mask (a
 static, compiled cache) padding cannot be told apart and pad positions are edited too; attention
@@ -34,6 +38,7 @@ from typing import Any
 import torch
 
 from saesteer.errors import SaesteerError
+from saesteer.model.rows import select_rows
 
 MODES = ("all", "prompt", "generated", "mask")
 
@@ -118,16 +123,6 @@ def forward_info(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ForwardInfo:
     return ForwardInfo(batch=batch, seq=seq, past=past or 0, real=real)
 
 
-def expand_rows(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """Repeat per-example rows for a batch expanded by ``generate`` (beams, num_return_sequences)."""
-    n = t.shape[0]
-    if n == batch:
-        return t
-    if n > 0 and batch % n == 0:
-        return t.repeat_interleave(batch // n, dim=0)
-    raise SaesteerError(f"{what} has {n} rows but the model runs a batch of {batch}; give one row per example")
-
-
 def position_mask(pos: Positions, info: ForwardInfo, prompt_len: int, device: torch.device) -> torch.Tensor | None:
     """(batch, seq) bool mask of positions to steer in this forward (None: every position).
 
@@ -143,7 +138,7 @@ def position_mask(pos: Positions, info: ForwardInfo, prompt_len: int, device: to
             sel = col.unsqueeze(0).expand(info.batch, info.seq)
     elif pos.mode == "mask":
         assert pos.mask is not None
-        m = expand_rows(pos.mask, info.batch, "positions mask").to(device)
+        m = select_rows(pos.mask, info.batch, "positions mask").to(device)
         width = m.shape[1]
         abs_pos = info.abs_positions(device)
         inside = abs_pos < width

@@ -30,6 +30,7 @@ from saesteer.sae.base import SAE
 from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.gate import FeatureScorer, Gate, calibrate, prompt_scores
 from saesteer.steering.interventions import AblateFeature, AddFeature, ClampFeature, ScaleFeature
+from saesteer.steering.positions import Positions
 
 _GATE_RE = re.compile(r"^\s*(?:feature:(?P<feat>\d+)|(?P<dir>direction))\s*(?:>\s*(?P<thr>\S+))?\s*$")
 _PAIR_RE = re.compile(r"\s*(\d+)\s*=\s*(\S+)\s*")
@@ -57,8 +58,8 @@ class SteeringSpec:
     )
     gate: str | None = opt(
         None,
-        "conditional steering: 'feature:F>T' (SAE latent F above T) or 'direction>T' (projection on --direction's "
-        "unit vector); omit '>T' with --gate-calibrate",
+        "conditional steering: 'feature:F>T' (SAE latent F above T), 'direction>T' (projection on --direction's "
+        "unit vector; omit '>T' with --gate-calibrate) or a gate file (.safetensors) from `saesteer fit-gate`",
     )
     gate_sae: str | None = opt(None, "SAE folder for a feature gate; unset: --sae")
     gate_hook: str | None = opt(None, "hook point the gate reads; unset: the gate SAE's or the direction's")
@@ -97,8 +98,18 @@ class SteeringSpec:
             raise SaesteerError("--add-direction / --ablate-direction need --direction FILE")
         for flag in ("clamp", "scale", "add_feature"):
             parse_pairs(getattr(self, flag), "--" + flag.replace("_", "-"))
-        if self.gate is not None:
+        if self.gate is not None and not _is_gate_file(self.gate):
             _gate_parts(self.gate)
+        Positions.parse(self.positions)
+        for flag, path, want in (
+            ("--sae", self.sae, "a folder with cfg.json and sae_weights.safetensors"),
+            ("--gate-sae", self.gate_sae, "a folder with cfg.json and sae_weights.safetensors"),
+            ("--direction", self.direction, "a .safetensors file from compute_refusal_direction"),
+            ("--gate-calibrate", self.gate_calibrate, "a .txt or .jsonl file of harmless prompts"),
+            ("--gate", self.gate if self.gate and _is_gate_file(self.gate) else None, "a gate file from fit-gate"),
+        ):
+            if path and not Path(path).exists():
+                raise SaesteerError(f"{flag} {path} not found; pass {want}")
 
 
 def parse_pairs(items: Sequence[str], flag: str) -> list[tuple[int, float]]:
@@ -113,6 +124,10 @@ def parse_pairs(items: Sequence[str], flag: str) -> list[tuple[int, float]]:
         except ValueError:
             raise SaesteerError(f"{flag} {item!r}: use FEATURE=NUMBER, e.g. {flag} 1234=10") from None
     return out
+
+
+def _is_gate_file(text: str) -> bool:
+    return text.endswith(".safetensors") or Path(text).is_file()
 
 
 def _gate_parts(text: str) -> tuple[int | None, float | None]:
@@ -203,6 +218,10 @@ def _build_gate(
 ) -> Gate | None:
     if spec.gate is None:
         return None
+    if _is_gate_file(spec.gate):  # a fitted gate (threshold, hook and scorer saved by `saesteer fit-gate`)
+        from saesteer.gating.gatefile import load_gate
+
+        return load_gate(spec.gate, device=next(model.parameters()).device)
     feat, thr = _gate_parts(spec.gate)
     scorer: Any
     if feat is not None:

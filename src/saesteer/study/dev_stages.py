@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saesteer.config import atomic_write_json, config_to_dict
+from saesteer.errors import SaesteerError
 from saesteer.evaluation.safety import refusal_rate
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.pipeline import FeaturePrompts, find_features
@@ -111,7 +112,17 @@ def stage_features(
 
     def run(folder: Path) -> FeatureReport:
         out = replace(fcfg, out=str(folder))
-        return find_features(lm.model, lm.tokenizer, trained.sae, out, model_name=lm.spec, strict=False, prompts=given)
+        try:
+            return find_features(lm.model, lm.tokenizer, trained.sae, out, model_name=lm.spec, strict=False,
+                                 prompts=given)  # fmt: skip
+        except SaesteerError as exc:
+            if not out.require_refusal:
+                raise
+            # a model that refuses no archetype (small or random): read its plain responses instead
+            print(f"saesteer: warning: {exc}; using the archetypes' responses without requiring refusals")
+            out = replace(out, require_refusal=False)
+            return find_features(lm.model, lm.tokenizer, trained.sae, out, model_name=lm.spec, strict=False,
+                                 prompts=given)  # fmt: skip
 
     name = "features" if trained.seed == cfg.seed else f"features_seed{trained.seed}"
     inputs = {k: v for k, v in config_to_dict(fcfg).items() if k != "out"}

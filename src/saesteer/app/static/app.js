@@ -89,9 +89,10 @@ App.views.features = () => searchFeatures();
 // --- feature page ----------------------------------------------------------------------------
 function contextRow(c) {
   const top = Math.max(c.peak, 1e-9);
+  const peakAt = c.acts.indexOf(Math.max(...c.acts));
   const spans = c.pieces.map((p, i) => {
     const a = Math.max(c.acts[i], 0) / top;
-    return el("span", { class: "tok" + (c.acts[i] === c.peak ? " peak" : ""), title: c.acts[i].toFixed(3),
+    return el("span", { class: "tok" + (i === peakAt ? " peak" : ""), title: c.acts[i].toFixed(3),
       style: `background: rgba(255,120,0,${Math.min(a, 1).toFixed(2)})`, text: p.replace(/\n/g, "\u21b5") });
   });
   return el("div", { class: "ctx" }, el("span", { class: "src", text: `${c.source} ${c.peak.toFixed(2)}` }), ...spans);

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saesteer.errors import SaesteerError
-from saesteer.report.sweep import Condition, SweepConfig, build_grid, load_grid, save_grid
+from saesteer.study.design import Condition, SweepConfig, build_grid, load_grid, save_grid
 
 
 def test_grid_covers_the_study_in_report_order() -> None:
