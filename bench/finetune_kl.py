@@ -27,6 +27,7 @@ from saesteer.config import atomic_write_json
 from saesteer.evaluation.datasets import load_prompts
 from saesteer.model.generation import GenerationConfig
 from saesteer.model.loading import load
+from saesteer.sae.base import TopKSAE
 from saesteer.sae.finetune import FinetuneConfig, finetune_kl, windows_after_harvest
 from saesteer.sae.io import load_sae, save_sae
 from saesteer.sae.metrics import SaeEvalConfig, evaluate_sae
@@ -42,7 +43,9 @@ def main() -> None:
     ap.add_argument("--n-tokens", type=int, default=262_144)
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--chats", type=int, default=96, help="harvest conversations (plus 32 held out for evaluation)")
+    ap.add_argument("--chats", type=int, default=96, help="conversations mixed into the harvest")
+    ap.add_argument("--eval-chats", type=int, default=32, help="other conversations, for the chat fidelity")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="response length of the conversations")
     ap.add_argument("--ft-tokens", type=int, default=32_768)
     ap.add_argument("--ft-lr", type=float, default=1e-4)
     ap.add_argument("--eval-texts", type=int, default=32)
@@ -51,8 +54,8 @@ def main() -> None:
     out = Path(args.out)
     lm = load(args.model)
     tok = lm.tokenizer
-    prompts = [p.text for p in load_prompts("alpaca", n=args.chats + 32, seed=0, data_dir=args.data_dir)]
-    gen = GenerationConfig(max_new_tokens=48, batch_size=16)
+    prompts = [p.text for p in load_prompts("alpaca", n=args.chats + args.eval_chats, seed=0, data_dir=args.data_dir)]
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16)
     chat = build_chat_data(lm.model, tok, prompts[: args.chats], out / "chat_train.jsonl", gen)
     chat_eval = build_chat_data(lm.model, tok, prompts[args.chats :], out / "chat_eval.jsonl", gen)
     corpus = str(Path(args.data_dir) / "corpus" / "english_mix_corpus.jsonl.gz")
@@ -65,7 +68,8 @@ def main() -> None:
                        out_dir=str(out / "sae_mse"), dead_window=16_384, progress=False)  # fmt: skip
     trained = train_from_cache(tcfg, hcfg.out_dir)
     sae = load_sae(trained.sae_dir, dtype="float32")
-    ecfg = SaeEvalConfig(n_texts=args.eval_texts, n_chats=32, held_out_tokens=16_384, batch_size=4)
+    assert isinstance(sae, TopKSAE)
+    ecfg = SaeEvalConfig(n_texts=args.eval_texts, n_chats=args.eval_chats, held_out_tokens=16_384, batch_size=4)
     store = ActivationStore(hcfg.out_dir)
     t0 = time.perf_counter()
     before = evaluate_sae(lm.model, tok, sae, ecfg, store=store, corpus=corpus, conversations=chat_eval)

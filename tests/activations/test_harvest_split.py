@@ -31,7 +31,10 @@ VOCABS = [
     "velvet linen cotton wool silk denim",
 ]
 CONVS = [
-    [{"role": "user", "content": " ".join(v.split()[:3] * 3)}, {"role": "assistant", "content": " ".join(v.split() * 3)}]
+    [
+        {"role": "user", "content": " ".join(v.split()[:3] * 3)},
+        {"role": "assistant", "content": " ".join(v.split() * 3)},
+    ]
     for v in VOCABS
 ]
 PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
@@ -42,7 +45,9 @@ def _write_corpus(path: Path, seed: int) -> Path:
     with gzip.open(path, "wt") as fh:
         for _ in range(120):
             n = int(torch.randint(20, 60, (1,), generator=g))
-            fh.write(json.dumps({"text": " ".join(WORDS[int(i)] for i in torch.randint(0, 17, (n,), generator=g))}) + "\n")
+            fh.write(
+                json.dumps({"text": " ".join(WORDS[int(i)] for i in torch.randint(0, 17, (n,), generator=g))}) + "\n"
+            )
     return path
 
 

@@ -73,3 +73,28 @@ def test_results_view_without_study(driver: Any, live_server: str) -> None:
 
     driver.get(live_server + "/#/results")
     wait_text(driver, "#res-empty", "No study folder given")
+
+
+def test_stop_button_cancels_generation(driver: Any, live_server: str, state: AppState) -> None:
+    """Stop aborts the request; the server sees the closed stream and ends the generation early."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.app.browser import set_value, wait_for
+
+    def recent() -> list[dict[str, Any]]:
+        return httpx.get(live_server + "/api/info", timeout=30).json()["recent"]
+
+    last = recent()[-1]["n"] if recent() else 0
+    driver.get(live_server + "/#/playground")
+    wait_for(driver, "#pg-features .feat .f-id")
+    set_value(driver, "pg-max", "512")
+    driver.find_element(By.ID, "pg-run").click()
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "out-baseline").text != "")
+    driver.find_element(By.ID, "pg-stop").click()
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "pg-run").is_enabled())
+    WebDriverWait(driver, 60, poll_frequency=0.1).until(lambda d: (recent() or [{"n": 0}])[-1]["n"] > last)
+    done = recent()[-1]
+    assert done["cancelled"] is True and max(done["tokens"]) < 512
+    WebDriverWait(driver, 30).until(lambda d: state.queue.active == 0)

@@ -77,18 +77,19 @@ def test_bad_gate_and_features_files(tiny_chat: Any, app_files: Any, tmp_path: P
         build_state(tiny_chat, app_files, features=str(tmp_path / "none"))
 
 
-def test_probe_gate_file(tiny_chat: Any, app_files: Any, tmp_path: Path) -> None:
+def test_gate_file_from_fit_gate(tiny_chat: Any, app_files: Any, tmp_path: Path) -> None:
+    """A gate file written by saesteer.gating (as `saesteer fit-gate` does) is the playground's default gate."""
     from fastapi.testclient import TestClient
 
     from saesteer.app.server import create_app
+    from saesteer.gating.gatefile import save_gate
+    from saesteer.steering.gate import Gate
 
     torch.manual_seed(1)
     w = torch.randn(32)
-    path = tmp_path / "probe.safetensors"
-    ProjectionScorer(w, 0.25).save(path, {"hook": "blocks.1.hook_resid_post"})
-    with pytest.raises(SaesteerError, match="--gate-threshold"):
-        build_state(tiny_chat, app_files, gate=str(path))
-    state = build_state(tiny_chat, app_files, gate=str(path), gate_threshold=-1e9)
+    path = tmp_path / "gate.safetensors"
+    save_gate(path, Gate(ProjectionScorer(w, 0.25), -1e9, "blocks.1.hook_resid_post", "last"))
+    state = build_state(tiny_chat, app_files, gate=str(path))
     c = TestClient(create_app(state))
     body = {
         "prompt": PROMPT,
@@ -103,8 +104,17 @@ def test_probe_gate_file(tiny_chat: Any, app_files: Any, tmp_path: Path) -> None
     enc = encode_chats(tok, [PROMPT])
     x = ArchAdapter(model).run_to("blocks.1.hook_resid_post", enc["input_ids"], enc["attention_mask"])[0, -1]
     assert gate["score"] == pytest.approx(float(x.float() @ w + 0.25), rel=1e-4)
-    assert gate["fires"] is True and gate["spec"] is None
-    assert "probe gate has no `saesteer generate` flag" in events[0][1]["command"]
+    assert gate["fires"] is True and gate["spec"] == str(path)
+    assert events[0][1]["command"].endswith(f"--gate {path}")
+    body["gate"] = {"enabled": True, "threshold": 1e9}  # a typed threshold overrides the file's
+    with c.stream("POST", "/api/generate", json=body) as r:
+        events = read_sse(r.iter_lines())
+    assert next(d for k, d in events if k == "gate")["fires"] is False
+    assert "its own threshold differs" in events[0][1]["command"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a gate")
+    with pytest.raises(SaesteerError, match="gate file"):
+        build_state(tiny_chat, app_files, gate=str(bad))
 
 
 def test_saelens_format_folder(tiny_chat: Any, app_files: Any, tmp_path: Path) -> None:

@@ -95,3 +95,45 @@ def test_reproduce_profile_from_file_then_flags(tmp_path: Path) -> None:
     assert (cfg.study.train.k, cfg.study.train.d_sae) == (8, 96)
     assert cfg.study.harvest == tiny.harvest and cfg.study.safety == tiny.safety  # the profile's sizes
     assert parse(command("reproduce"), ["--profile", "tiny"]).study == tiny
+
+
+def test_harvest_records_every_option(ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The model and the chat options, outside the harvest config before, are in resolved_config.json too."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i} about bread, cats and the weather in town\n" for i in range(40)))
+    (tmp_path / "h.toml").write_text(f'chat_max_new_tokens = 5\n[model]\nmodel = "{ws / "model"}"\ndtype = "fp32"\n')
+    out = tmp_path / "acts"
+    argv = ["harvest", "--config", str(tmp_path / "h.toml"), "--device", "cpu", "--corpus", str(corpus)]
+    argv += ["--hook", "blocks.1.hook_resid_post", "--n-tokens", "96", "--held-out-tokens", "16"]
+    argv += ["--context-len", "16", "--out-dir", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    resolved = json.loads((out / "resolved_config.json").read_text())
+    assert resolved == config_to_dict(parse(command("harvest"), argv[1:]))
+    assert resolved["model"] == {
+        "model": str(ws / "model"),
+        "dtype": "fp32",
+        "device": "cpu",
+        "cache_dir": None,
+        "trust_remote_code": False,
+    }
+    assert resolved["chat_max_new_tokens"] == 5 and resolved["harvest"]["n_tokens"] == 96
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["hook_name"] == "blocks.1.hook_resid_post" and manifest["d_model"] == 32
+
+
+@pytest.mark.parametrize("utf8", [True, False])
+def test_tyro_errors_become_one_line(utf8: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tyro draws its errors in a UTF-8 or an ASCII box (by the terminal's encoding); both end as one line."""
+    import tyro
+
+    monkeypatch.setitem(tyro._experimental_options, "utf8_boxes", utf8)
+    monkeypatch.setattr("tyro._fmtlib._FORCE_UTF8_BOXES", utf8)
+    cases = [
+        (["--max-new-tokns", "3"], "Unrecognized options: --max-new-tokns, 3 (did you mean --max-new-tokens?)"),
+        (["--seed"], "Missing value for argument '--seed'. Expected 1 values."),
+        (["--batch-size", "many"], "Error parsing --batch-size: invalid literal for int() with base 10: 'many'"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SaesteerError) as exc:
+            parse(command("generate"), ["hi", *argv])
+        assert str(exc.value) == message

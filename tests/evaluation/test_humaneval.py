@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,13 @@ def test_extraction_handles_restated_signatures_and_prose() -> None:
     assert check_solution(p, extract_code(body)) == "passed"
     assert "check(has_close_elements)" in build_program(p, p.canonical_solution)
     assert extract_code("```\nx = 1\n```") == "x = 1\n"
+
+
+def test_sandbox_cannot_write_outside_its_folder(tmp_path: Path) -> None:
+    if not netns_available():
+        pytest.skip("no unprivileged namespaces on this kernel: the sandbox cannot make file systems read-only")
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    r = run_python(f"import os\nos.remove({str(target)!r})\n", timeout_s=5)
+    assert r.status == "failed" and "Read-only file system" in r.stderr_tail
+    assert target.read_text() == "keep me"

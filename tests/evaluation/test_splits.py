@@ -125,3 +125,17 @@ def test_study_selection_on_real_data_is_disjoint(tmp_path: Path) -> None:
     assert dev.isdisjoint(hb_test | adv_test)
     assert len(sel[("test", "harmbench:test")]) == 320
     assert len(sel[("test", "alpaca")]) == 300
+
+
+def test_capability_data_is_drawn_and_recorded(tiny_data_dir: Path) -> None:
+    from saesteer.evaluation.capability import CapabilityConfig
+    from saesteer.evaluation.selection import capability_data
+
+    reg = SplitRegistry(tiny_data_dir)
+    cfg = CapabilityConfig(mmlu_n=3, mmlu_shots=0, truthfulqa_n=1, gsm8k_n=2, gsm8k_shots=0, humaneval_n=4)
+    d = capability_data(reg, cfg, ["mmlu", "truthfulqa", "gsm8k", "humaneval"])
+    assert (len(d.mmlu), len(d.truthfulqa), len(d.gsm8k), len(d.humaneval)) == (3, 1, 2, 4)
+    counts = reg.to_json()["purposes"]["test"]["counts"]
+    assert counts == {"gsm8k": 2, "humaneval": 4, "mmlu": 3, "truthfulqa": 1}
+    d = capability_data(SplitRegistry(None), CapabilityConfig(gsm8k_n=3, gsm8k_shots=2, builtin=True), ["gsm8k"])
+    assert {q.id for q in d.gsm8k}.isdisjoint({q.id for q in d.gsm8k_shots}) and len(d.gsm8k_shots) == 2

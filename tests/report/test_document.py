@@ -35,7 +35,11 @@ def test_sections_come_in_reading_order_with_the_headline_conditions() -> None:
     heads = re.findall(r"^## (.+)$", md, flags=re.M)
     assert heads == ["Headline", "Findings", "Example completions", "Setup", "Details"]
     top = md[md.index("## Headline") : md.index("## Findings")]
-    rows = [ln.split("|")[1].strip() for ln in top.splitlines() if ln.startswith("| ") and not ln.startswith("| condition |")]
+    rows = [
+        ln.split("|")[1].strip()
+        for ln in top.splitlines()
+        if ln.startswith("| ") and not ln.startswith("| condition |")
+    ]
     assert rows == ["baseline", "clamp f=10 c=8", "control f=3 c=4", "control f=3 c=8", "conditional clamp f=10 c=8",
                     "diff-in-means add 1"]  # fmt: skip
     assert "chosen on dev prompts" in top and TANGO in top
@@ -73,7 +77,10 @@ def test_findings_state_each_claim_with_its_interval() -> None:
 
 def test_a_benchmark_at_chance_cannot_show_a_loss() -> None:
     text = " ".join(_claims(_data({"baseline": {"mmlu": 27}})))
-    assert "MMLU accuracy: the baseline 27.0% [" in text and "includes chance (25%), so no loss is detectable at n=100" in text
+    assert (
+        "MMLU accuracy: the baseline 27.0% [" in text
+        and "includes chance (25%), so no loss is detectable at n=100" in text
+    )
 
 
 def test_gate_goal_is_judged_on_intervals() -> None:
@@ -87,7 +94,9 @@ def test_gate_goal_is_judged_on_intervals() -> None:
 
 
 def test_html_is_self_contained_and_escaped() -> None:
-    data = _data(plots={"Safety gain vs <capability>": "plots/p.svg"}, notes=["judge: **keyword**", "<script>x</script>"])
+    data = _data(
+        plots={"Safety gain vs <capability>": "plots/p.svg"}, notes=["judge: **keyword**", "<script>x</script>"]
+    )
     page = to_html(data.title, build_sections(data))
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert "<script" not in page and "&lt;script&gt;" in page

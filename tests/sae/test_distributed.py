@@ -154,3 +154,38 @@ def test_torchrun_train_sae_matches_single_process(tmp_path: Path) -> None:
     held = ActivationStore(acts).held_out()
     fvu = [activation_metrics(load_sae(tmp_path / r / "sae"), [held])["fvu"] for r in ("one", "two")]
     assert fvu[0] < 0.6 and abs(fvu[0] - fvu[1]) < 0.02, fvu
+
+
+def _from_cache_worker(rank: int, world: int, port: int, acts: str, out: str) -> None:
+    import os
+
+    from saesteer.sae.train import train_from_cache
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    cfg = TrainConfig(k=4, d_sae=128, batch_size=128, total_tokens=1280, lr=3e-3, warmup_steps=2,
+                      compute_dtype="fp32", device="cpu", out_dir=out, progress=False)  # fmt: skip
+    result = train_from_cache(cfg, acts)
+    assert not dist.is_initialized()  # the process group it opened is closed again
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump({"steps": result.steps, "tokens": result.tokens}, fh)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_train_from_cache_opens_and_closes_the_process_group(tmp_path: Path) -> None:
+    import socket
+
+    from tests.sae.test_cli import make_cache
+
+    acts = make_cache(tmp_path / "acts", n_shards=6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.start_processes(_from_cache_worker, args=(2, port, str(acts), str(out)), nprocs=2, join=True,
+                       start_method="fork")  # fmt: skip
+    for rank in (0, 1):
+        assert json.loads((out / f"rank{rank}.json").read_text()) == {"steps": 10, "tokens": 1280}
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["tokens_per_s"] * summary["seconds"] == pytest.approx(1280)

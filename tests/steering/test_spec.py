@@ -107,24 +107,27 @@ def test_read_prompt_file(tmp_path: Path) -> None:
 def test_gate_file_from_fit_gate(chat_model: Any, chat_tokenizer: Any, files: Path) -> None:
     """--gate FILE steers exactly the prompts the saved gate fires on."""
     from saesteer.gating.gatefile import save_gate
+    from saesteer.model.adapter import ArchAdapter
     from saesteer.steering import ProjectionScorer
 
     rd = RefusalDirection.load(files / "d.safetensors")
-    gate = Gate(ProjectionScorer(torch.linspace(-1, 1, 32), 0.0), 0.0, "blocks.1.hook_resid_post", "last")
-    scores = prompt_scores(chat_model, chat_tokenizer, PROMPTS, gate)
+    enc = chat_tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    real = enc["attention_mask"].bool()
+    acts = ArchAdapter(chat_model).run_to(rd.hook, enc["input_ids"], enc["attention_mask"])
+    gate = Gate(ProjectionScorer(torch.linspace(-1, 1, 32), 0.0), 0.0, rd.hook, "last")
+    scores = gate.scores(acts, real)
     gate = gate.with_threshold(float(scores.median()))  # fires on some prompts, not all
+    fired = gate.decide(scores)
+    assert 0 < int(fired.sum()) < len(PROMPTS)
     save_gate(files / "g.safetensors", gate)
     spec = SteeringSpec(direction=str(files / "d.safetensors"), add_direction=3.0, gate=str(files / "g.safetensors"))
     steering = Steering.from_spec(chat_model, spec)
     assert steering.gate is not None and steering.gate.threshold == gate.threshold
-    fired = gate.decide(scores)
-    assert 0 < int(fired.sum()) < len(PROMPTS)
-    enc = chat_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     base = _logits(chat_model, chat_tokenizer, None)
     gated = _logits(chat_model, chat_tokenizer, steering)
     always = _logits(chat_model, chat_tokenizer, Steering(chat_model, None, [rd.add(3.0)], hook=rd.hook))
-    last = enc["attention_mask"].bool()
+    assert not torch.allclose(always, base)
     for i, f in enumerate(fired.tolist()):
-        torch.testing.assert_close(gated[i][last[i]], (always if f else base)[i][last[i]])
+        torch.testing.assert_close(gated[i][real[i]], (always if f else base)[i][real[i]])
     with pytest.raises(SaesteerError, match="--gate .*not found"):
         SteeringSpec(direction=spec.direction, add_direction=1.0, gate=str(files / "no.safetensors")).check()

@@ -58,10 +58,12 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     splits = json.loads((report / "splits.json").read_text())
     assert check_disjoint(splits) == {}
     assert {"sae_chat", "direction", "screen", "clamp_choice", "test"} <= set(splits["purposes"])
+    tested = set(splits["purposes"]["test"]["datasets"])
+    assert {"humaneval", "mmlu" if with_data else "builtin_mc"} <= tested
     out = Path(cfg.out_dir)
     results = json.loads(next(out.glob("sweep-*/results.json")).read_text())
     metrics = {r["metric"] for r in results["rows"]}
-    assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k"} <= metrics
+    assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k", "humaneval", "kl", "delta_ce"} <= metrics
     assert ("fractured_asr" in metrics) == with_data  # FRACTURED-SORRY-Bench has no built-in stand-in
     assert all(r["n"] > 0 for r in results["rows"])
     # per-item outcomes behind every safety row (paired intervals), and a firing rate per gated condition
@@ -78,6 +80,8 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     gain = next(d for d in derived if d["condition"] == choice["clamp"])["safety_gain"]
     assert gain["method"].startswith("Tango")
     assert bool(list(out.glob("gate_probe-*/probe.safetensors"))) == with_data
+    sae_metrics = json.loads((report / "sae_metrics.json").read_text())
+    assert {"activations", "web", "web_all_positions", "chat"} <= set(sae_metrics)
     if not with_data:
         seeds = json.loads((report / "seeds.json").read_text())
         assert [r["seed"] for r in seeds["seeds"]] == [0, 1] and "gain" in seeds

@@ -153,8 +153,7 @@ def window_stream(cfg: HarvestConfig, tokenizer: Any, chat: list[list[dict[str, 
         raise SaesteerError("no data to harvest; pass --corpus FILE and/or --chat-file FILE")
     texts = itertools.chain.from_iterable(iter_texts(c, cfg.text_key) for c in cfg.corpus)
     corpus: Iterator[Window] = (
-        (w, [CORPUS] * len(w))
-        for w in pack_tokens(tokenizer, shuffled_texts(texts, cfg.seed), cfg.context_len)
+        (w, [CORPUS] * len(w)) for w in pack_tokens(tokenizer, shuffled_texts(texts, cfg.seed), cfg.context_len)
     )
     held, train = _split_chat(list(chat_windows(tokenizer, chat, cfg.context_len)), cfg, bool(cfg.corpus))
 
@@ -209,7 +208,12 @@ class _Batch:
 
 
 def _run_batch(
-    adapter: ArchAdapter, hp: HookPoint, tagged: list[Window], first: int, cfg: HarvestConfig, special: set[int],
+    adapter: ArchAdapter,
+    hp: HookPoint,
+    tagged: list[Window],
+    first: int,
+    cfg: HarvestConfig,
+    special: set[int],
     pad_id: int,
 ) -> _Batch:
     """Activations of one batch of windows (``first``: the stream index of its first window)."""
@@ -338,7 +342,8 @@ class _Writer:
 
     def _take(self, sel: Any) -> _Batch:
         """Remove and return the buffered tokens where ``sel(batch)`` holds."""
-        whole = _Batch(*(torch.cat([getattr(b, f) for b in self.buf]) for f in ("acts", "kind", "window")))
+        cat = [torch.cat([getattr(b, f) for b in self.buf]) for f in ("acts", "kind", "window")]
+        whole = _Batch(cat[0], cat[1], cat[2])
         keep = sel(whole)
         self.buf = [_Batch(whole.acts[~keep], whole.kind[~keep], whole.window[~keep])] if (~keep).any() else []
         return _Batch(whole.acts[keep], whole.kind[keep], whole.window[keep])

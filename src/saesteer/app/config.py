@@ -17,9 +17,9 @@ class AppConfig:
     sae: str = opt("", "SAE folder (saesteer or SAELens layout: cfg.json + sae_weights.safetensors)")
     features: str | None = opt(None, "features.json from `saesteer find-features` (labels, screen results)")
     gate: str | None = opt(
-        None, "default gate of the playground: 'feature:F>T' (SAE latent F above T) or a probe .safetensors file"
+        None,
+        "default gate of the playground: 'feature:F>T' (SAE latent F above T) or a gate file from `saesteer fit-gate`",
     )
-    gate_threshold: float | None = opt(None, "threshold of a probe gate file (default: the file's 'threshold')")
     gate_reduce: str = opt("last", "gate score per prompt: last (token), mean or tail")
     study: str | None = opt(None, "a `saesteer reproduce` output folder (or its report/) for the results viewer")
     host: str = opt("127.0.0.1", "address to serve on; anything but loopback exposes the model to your network")

@@ -199,9 +199,11 @@ def command_line(model_spec: str, sae_path: str, req: GenRequest) -> str:
         parts += ["--seed", str(req.seed)]
     note = ""
     if req.gate is not None and req.gate_spec is not None:
-        parts += ["--gate", req.gate_spec, "--gate-reduce", req.gate.reduce]
-        if req.gate.reduce == "tail":
-            parts += ["--gate-tail", str(req.gate.tail)]
+        parts += ["--gate", req.gate_spec]
+        if req.gate_spec.startswith("feature:"):  # a gate file carries its own reduction
+            parts += ["--gate-reduce", req.gate.reduce]
+            if req.gate.reduce == "tail":
+                parts += ["--gate-tail", str(req.gate.tail)]
     elif req.gate is not None:
-        note = "  # the probe gate has no `saesteer generate` flag; this is the unconditional run"
+        note = f"  # plus the gate file with threshold {req.gate.threshold:g} (its own threshold differs)"
     return prefix + " ".join(shlex.quote(p) for p in parts) + note

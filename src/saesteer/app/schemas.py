@@ -39,8 +39,8 @@ class FeatureValue(BaseModel):
 class GateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = False
-    feature: int | None = Field(None, description="gate on this SAE latent (default: the app's --gate)")
-    threshold: float | None = Field(None, allow_inf_nan=False)
+    feature: int | None = Field(default=None, description="gate on this SAE latent (default: the app's --gate)")
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class GenerateIn(BaseModel):

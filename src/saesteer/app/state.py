@@ -15,7 +15,7 @@ from saesteer.app.config import AppConfig
 from saesteer.app.results import StudyResults
 from saesteer.errors import SaesteerError
 from saesteer.sae.base import SAE
-from saesteer.steering.gate import FeatureScorer, Gate, ProjectionScorer
+from saesteer.steering.gate import FeatureScorer, Gate
 
 _FEATURE_GATE = re.compile(r"^\s*feature:(\d+)\s*>\s*(\S+)\s*$")
 
@@ -56,7 +56,7 @@ def feature_gate(sae: SAE, feature: int, threshold: float, reduce: str) -> GateD
 
 
 def parse_gate(cfg: AppConfig, sae: SAE) -> GateDefault | None:
-    """``--gate feature:F>T`` or a probe file (saved by ProjectionScorer.save, with hook metadata)."""
+    """``--gate feature:F>T`` or a gate file written by ``saesteer fit-gate``."""
     if not cfg.gate:
         return None
     m = _FEATURE_GATE.match(cfg.gate)
@@ -68,15 +68,12 @@ def parse_gate(cfg: AppConfig, sae: SAE) -> GateDefault | None:
         return feature_gate(sae, int(m.group(1)), thr, cfg.gate_reduce)
     path = Path(cfg.gate)
     if not path.is_file():
-        raise SaesteerError(f"--gate {cfg.gate!r}: use feature:F>T (e.g. feature:77>3.2) or an existing probe file")
-    scorer, meta = ProjectionScorer.load(path)
-    thr_raw = cfg.gate_threshold if cfg.gate_threshold is not None else meta.get("threshold")
-    hook = meta.get("hook") or sae.cfg.hook_name
-    if thr_raw is None:
-        raise SaesteerError(f"probe {path} records no threshold; add --gate-threshold T")
-    reduce = meta.get("reduce", cfg.gate_reduce)
-    gate = Gate(scorer, float(thr_raw), hook, reduce)
-    return GateDefault(gate, None, f"probe {path.name} > {float(thr_raw):g} at {gate.hook} ({reduce})")
+        raise SaesteerError(f"--gate {cfg.gate!r}: use feature:F>T (e.g. feature:77>3.2) or a gate file from fit-gate")
+    from saesteer.gating.gatefile import load_gate
+
+    gate = load_gate(path, device=sae.W_dec.device)
+    kind = type(gate.scorer).__name__
+    return GateDefault(gate, str(path), f"{path.name}: {kind} > {gate.threshold:.4g} at {gate.hook} ({gate.reduce})")
 
 
 def read_features_json(path: str | None) -> dict[str, Any] | None:

@@ -92,29 +92,35 @@ def default_tree(cmd: Command, argv: Sequence[str], file_values: dict[str, Any],
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_BOX = re.compile(r"[╭╮╰╯│─┌┐└┘├┤]")
+_RULE = re.compile(r"[-─]{3,}")
+
+
+def _blocks(tyro_error: str) -> list[list[str]]:
+    """The paragraphs of tyro's boxed message (UTF-8 or ASCII box), the title first."""
+    blocks: list[list[str]] = [[]]
+    for raw in _ANSI.sub("", tyro_error).splitlines():
+        top = raw.strip().startswith("╭")  # UTF-8 boxes carry the title in the top border
+        line = re.sub(r"[╭╮╰╯│]", " ", raw).strip()
+        line = line.strip("─ ") if top else line
+        if not line or _RULE.fullmatch(line.replace(" ", "")):
+            blocks.append([])
+            continue
+        blocks[-1].append(line)
+        if top:
+            blocks.append([])
+    return [b for b in blocks if b]
 
 
 def one_line(tyro_error: str) -> str:
     """tyro's boxed error message as one line: its first paragraph, plus a 'did you mean' when it has one."""
-    blocks: list[list[str]] = [[]]
-    for raw in _ANSI.sub("", tyro_error).splitlines():
-        if re.fullmatch(r"[\s│]*─{3,}[\s│]*", raw):  # a rule inside the box separates paragraphs
-            blocks.append([])
-            continue
-        line = _BOX.sub(" ", raw).strip()
-        if line:
-            blocks[-1].append(line)
-    blocks = [b for b in blocks if b]
+    blocks = _blocks(tyro_error)
     if not blocks:
         return "bad command line; see --help"
-    head = blocks[0][1:] if len(blocks[0]) > 1 else blocks[0]  # the first line is the box title
-    msg = " ".join(head)
-    hints = [b for b in blocks[1:] if b[0].lower().startswith(("perhaps you meant", "arguments similar"))]
-    if hints:
-        flags = [tok for line in hints[0][1:] for tok in line.split() if tok.startswith("--")]
-        if flags:
-            msg += f" (did you mean {flags[0]}?)"
+    msg = " ".join(blocks[1] if len(blocks) > 1 else blocks[0])
+    hints = [b for b in blocks[2:] if b[0].lower().startswith(("perhaps you meant", "arguments similar"))]
+    flags = [tok for line in (hints[0][1:] if hints else []) for tok in line.split() if tok.startswith("--")]
+    if flags:
+        msg += f" (did you mean {flags[0]}?)"
     return re.sub(r"\s+", " ", msg).strip()
 
 

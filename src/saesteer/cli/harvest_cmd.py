@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
 from saesteer.activations.chat import build_chat_data, read_chat_file
+from saesteer.activations.distributed import barrier, distributed, local_device
 from saesteer.activations.harvest import HarvestConfig, harvest
 from saesteer.cli.common import FLAT, Command, write_resolved_config
 from saesteer.config import opt
@@ -47,19 +48,25 @@ def chat_prompts(specs: list[str], data_dir: str | None, seed: int) -> list[str]
 
 
 def run(cfg: HarvestCommand) -> int:
+    """Harvest; under torchrun every process harvests its share and rank 0 writes (chat data: rank 0 generates)."""
     hc = cfg.harvest
     if not hc.corpus and not cfg.chat_prompts and not hc.chat_file:
         raise SaesteerError("nothing to harvest; pass --corpus FILE and/or --chat-prompts SET[:N]")
     prompts = chat_prompts(cfg.chat_prompts, cfg.data_dir, hc.seed) if cfg.chat_prompts else []
     chat = read_chat_file(hc.chat_file) if hc.chat_file and not prompts else []
-    lm = load(cfg.model)
-    if prompts:
-        hc.chat_file = str(Path(hc.out_dir) / "chat.jsonl")
-        gen = GenerationConfig(max_new_tokens=cfg.chat_max_new_tokens, batch_size=16)
-        chat = build_chat_data(lm.model, lm.tokenizer, prompts, hc.chat_file, gen)
-    out = harvest(lm.model, lm.tokenizer, hc, lm.spec, chat=chat)
-    write_resolved_config(out, cfg)
-    print(f"activations in {out}")
+    with distributed(cfg.model.device) as (rank, _world):
+        lm = load(replace(cfg.model, device=local_device(cfg.model.device)))
+        if prompts:
+            hc.chat_file = str(Path(hc.out_dir) / "chat.jsonl")
+            if rank == 0:
+                gen = GenerationConfig(max_new_tokens=cfg.chat_max_new_tokens, batch_size=16)
+                build_chat_data(lm.model, lm.tokenizer, prompts, hc.chat_file, gen)
+            barrier()
+            chat = read_chat_file(hc.chat_file)
+        out = harvest(lm.model, lm.tokenizer, hc, lm.spec, chat=chat)
+    if rank == 0:
+        write_resolved_config(out, cfg)
+        print(f"activations in {out}")
     return 0
 
 

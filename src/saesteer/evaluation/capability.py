@@ -15,6 +15,11 @@ model (SAE-feature clamping, a direction ablation) are active while it is measur
   ``chat=False`` uses a plain ``"Question: ...\\nAnswer:"`` prompt (closest to lm-evaluation-harness); see
   :mod:`saesteer.evaluation.gsm8k`.
 
+* **HumanEval** (on request) -- pass@1 of greedy chat completions run in a sandbox; see
+  :mod:`saesteer.evaluation.humaneval`.
+
+Steering: hooks the caller set apply; or pass ``steering`` to :func:`run_capability`. A gated steering makes one
+decision per question from the chat-formatted question, shared by all its options (:mod:`saesteer.evaluation.gated`).
 Log-likelihoods come from :func:`saesteer.evaluation.loglik.loglikelihoods` (batched, lm-eval's tokenisation).
 Prompts longer than ``max_length`` lose few-shot examples first, then tokens from the left. ``builtin=True`` scores
 the package's small built-in suites instead (no data directory): 0-shot MMLU-style questions, GSM8K shots taken from

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.capability import CapabilityConfig, CapabilityData
+from saesteer.evaluation.gsm8k import pick_gsm8k_shots
 from saesteer.evaluation.records import Prompt
-from saesteer.evaluation.splits import PURPOSES, SplitRegistry
+from saesteer.evaluation.splits import PURPOSES, SplitRegistry, item_texts
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,38 @@ def select(registry: SplitRegistry, takes: Sequence[Take], seed: int = 0) -> dic
         got = registry.take(t.dataset, t.purpose, t.n, seed)
         out[(t.purpose, t.dataset)] = out.get((t.purpose, t.dataset), []) + got
     return out
+
+
+def capability_data(
+    registry: SplitRegistry,
+    cfg: CapabilityConfig,
+    benchmarks: Sequence[str],
+    mmlu_per_subject: int | None = None,
+) -> CapabilityData:
+    """The capability samples ``cfg`` sizes, drawn through ``registry`` (test items; shots from the dev side,
+    purpose ``fewshot``), so ``splits.json`` records them. ``cfg.builtin``: the built-in suites.
+    ``mmlu_per_subject``: that many MMLU questions of each subject instead of ``cfg.mmlu_n`` overall."""
+    d = CapabilityData()
+    b = cfg.builtin
+    if "mmlu" in benchmarks:
+        per = None if b else mmlu_per_subject
+        d.mmlu = registry.take_items("builtin_mc" if b else "mmlu", "test", cfg.mmlu_n, cfg.seed, per_group=per)
+        if cfg.mmlu_shots and not b:
+            subjects = {q.subject for q in d.mmlu}
+            for q in registry.part("mmlu", "dev"):
+                if q.subject in subjects and len(d.mmlu_shots.get(q.subject, [])) < cfg.mmlu_shots:
+                    d.mmlu_shots.setdefault(q.subject, []).append(q)
+            registry.record("mmlu", "fewshot", [t for qs in d.mmlu_shots.values() for q in qs for t in item_texts(q)])
+    if "truthfulqa" in benchmarks:
+        d.truthfulqa = registry.take_items(
+            "builtin_truthfulqa" if b else "truthfulqa", "test", cfg.truthfulqa_n, cfg.seed
+        )
+    if "gsm8k" in benchmarks:
+        name = "builtin_math" if b else "gsm8k"
+        d.gsm8k = registry.take_items(name, "test", cfg.gsm8k_n, cfg.seed)
+        if cfg.gsm8k_shots:
+            d.gsm8k_shots = pick_gsm8k_shots(registry.part(name, "dev"), cfg.gsm8k_shots, cfg.seed)
+            registry.record(name, "fewshot", [q.question for q in d.gsm8k_shots])
+    if "humaneval" in benchmarks:
+        d.humaneval = registry.take_items("humaneval", "test", cfg.humaneval_n, cfg.seed)
+    return d

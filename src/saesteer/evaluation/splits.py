@@ -138,6 +138,7 @@ class SplitRegistry:
         self._hashes: dict[str, dict[str, set[str]]] = {p: {} for p in PURPOSES}  # purpose -> sha -> datasets
         self._counts: dict[str, dict[str, int]] = {p: {} for p in PURPOSES}
         self._test_universe: set[str] | None = None
+        self._parts: dict[tuple[str, str], list[Any]] = {}
 
     # --- parts of a dataset ------------------------------------------------------------------------------------
 
@@ -153,6 +154,11 @@ class SplitRegistry:
 
     def part(self, dataset: str, side: str) -> list[Any]:
         """Every item of ``dataset``'s ``side`` ("dev" or "test") in file order, one per distinct text."""
+        if (dataset, side) not in self._parts:
+            self._parts[(dataset, side)] = self._part(dataset, side)
+        return list(self._parts[(dataset, side)])
+
+    def _part(self, dataset: str, side: str) -> list[Any]:
         if side not in ("dev", "test"):
             raise SaesteerError(f"side {side!r} unknown; use dev or test")
         base, _, named = dataset.partition(":")

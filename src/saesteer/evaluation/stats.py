@@ -7,7 +7,11 @@
 * :func:`mean_ci` -- a mean of continuous scores (TruthfulQA MC2, per-item log-likelihoods) with a Student-t
   interval or a percentile bootstrap.
 
-No SciPy: the Student-t quantile comes from the regularised incomplete beta function (a continued fraction)
+Differences between conditions scored on the same items are paired: see :mod:`saesteer.evaluation.paired`
+(Tango's score interval, paired t, paired bootstrap, minimum detectable effects); :func:`diff_ci` is for
+independent samples only.
+
+No SciPy here: the Student-t quantile comes from the regularised incomplete beta function (a continued fraction)
 and bisection, accurate to ~1e-10, far below anything a report shows.
 """
 

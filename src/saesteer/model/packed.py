@@ -17,6 +17,7 @@ by its version counter). Module hooks still fire: only ``forward`` is replaced, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 import weakref
 from collections.abc import Iterator
@@ -29,14 +30,19 @@ from torch import nn
 PACK_ROWS = 16  # the row count oneDNN tunes the blocked layout for; any row count computes correctly
 
 
-def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether prepacked oneDNN bf16 weights are available for this device and dtype."""
-    if device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+@functools.cache
+def _cpu_bf16() -> bool:
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether prepacked oneDNN bf16 weights are available for this device and dtype."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and _cpu_bf16()
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[int, int, torch.Tensor]] = weakref.WeakKeyDictionary()
@@ -54,11 +60,17 @@ def packed_weight(module: nn.Linear) -> torch.Tensor:
     return packed
 
 
+def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with prepacked weights where supported (no-grad bf16 on the CPU), else ``F.linear``."""
+    w = module.weight
+    if torch.is_grad_enabled() or x.dtype != torch.bfloat16 or not packing_supported(w.device, w.dtype):
+        return F.linear(x, w, module.bias)
+    b = None if module.bias is None else module.bias.detach()
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(module), b, "none", [None], "")
+
+
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled() or x.dtype != torch.bfloat16 or x.device.type != "cpu":
-        return F.linear(x, self.weight, self.bias)
-    b = None if self.bias is None else self.bias.detach()
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(self), b, "none", [None], "")
+    return linear(self, x)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from saesteer.report.findings import (
     fmt_share,
 )
 from saesteer.report.render import Block, Section, fmt_seconds, to_html, to_markdown
-from saesteer.report.results import METRIC_LABELS, ResultRow, ResultsTable
+from saesteer.report.results import METRIC_LABELS, NATS_METRICS, ResultRow, ResultsTable
 
 FIRING = "gate_firing:"
 
@@ -86,6 +86,8 @@ def fmt_cell(row: ResultRow | None) -> str:
         return "not run"
     if row.n == 0:
         return "n/a (n=0)"
+    if row.metric in NATS_METRICS:
+        return f"{row.score:.4f} [{row.ci_lo:.4f}, {row.ci_hi:.4f}] nats (n={row.n})"
     return f"{100 * row.score:.1f}% [{100 * row.ci_lo:.1f}, {100 * row.ci_hi:.1f}] (n={row.n})"
 
 
@@ -107,7 +109,8 @@ def headline_names(data: ReportData, derived: Sequence[Derived]) -> list[str]:
 def _headline(data: ReportData, derived: Sequence[Derived]) -> Section:
     by = {d.condition: d for d in derived}
     t = data.table
-    headers = ["condition", "unsafe refusal", "safe refusal", "safety gain", "over-refusal", "capability loss"]
+    headers = ["condition", "unsafe refusal", "safe refusal", "safety gain", "over-refusal", "capability loss",
+               "KL (nats/token)"]  # fmt: skip
     rows = []
     for name in headline_names(data, derived):
         d = by[name]
@@ -115,6 +118,7 @@ def _headline(data: ReportData, derived: Sequence[Derived]) -> Section:
         rows.append([
             name, fmt_cell(t.get(name, "unsafe_refusal")), fmt_cell(t.get(name, "safe_refusal")),
             fmt_pts(d.safety_gain), over, fmt_pts(d.capability_loss),
+            "-" if name == "baseline" else fmt_cell(t.get(name, "kl")),
         ])  # fmt: skip
     methods = sorted({e.method for d in derived for e in (d.safety_gain, d.capability_loss) if e is not None})
     how = "chosen on dev prompts" if (data.headline and data.headline.dev) else "first in the grid"
@@ -169,10 +173,9 @@ def _firing(t: ResultsTable) -> Block | None:
 def _metric_table(rows: Sequence[ResultRow]) -> Block:
     out = []
     for r in rows:
-        score = "n/a" if r.n == 0 else f"{100 * r.score:.1f}%"
-        ci = "n/a" if r.n == 0 else f"[{100 * r.ci_lo:.1f}, {100 * r.ci_hi:.1f}] ({r.interval})"
-        out.append([r.condition, str(r.n), score, ci, ", ".join(r.datasets) or "-", f"{r.seconds:.0f}"])
-    return ("table", ["condition", "n", "score", "95% CI", "datasets", "seconds"], out)
+        cell = fmt_cell(r).rsplit(" (n=", 1)[0]
+        out.append([r.condition, str(r.n), cell, r.interval, ", ".join(r.datasets) or "-", f"{r.seconds:.0f}"])
+    return ("table", ["condition", "n", "score [95% CI]", "interval", "datasets", "seconds"], out)
 
 
 def _paper(t: ResultsTable, names: Sequence[str]) -> Block:
@@ -248,7 +251,7 @@ def write_report(out_dir: str | os.PathLike[str], data: ReportData, plots: str =
                 for p in plot_pareto(derived, out / "plots" / f"pareto_{cost}", cost):
                     written[p.name] = p
                 links.setdefault(f"{title} (Pareto front ringed)", f"plots/pareto_{cost}.svg")
-        metrics = [m for m in data.table.metrics() if not m.startswith(FIRING)]
+        metrics = [m for m in data.table.metrics() if not m.startswith(FIRING) and m not in NATS_METRICS]
         for metric, paths in plot_metric_bars(data.table, out / "plots", metrics).items():
             written.update({p.name: p for p in paths})
             links.setdefault(f"{METRIC_LABELS.get(metric, metric)} by condition", f"plots/{paths[-1].name}")

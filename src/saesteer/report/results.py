@@ -31,7 +31,7 @@ FORMAT = "saesteer.results.v1"
 
 #: the metrics of the study (other names are allowed: a table is open to new metrics)
 METRICS = (
-    "unsafe_refusal", "safe_refusal", "humaneval", "mmlu", "gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "kl", "ce",
+    "unsafe_refusal", "safe_refusal", "humaneval", "mmlu", "gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "kl", "delta_ce",
     "fractured_asr", "crescendo_asr", "multiturn_asr",
 )  # fmt: skip
 #: what a condition does: no steering, clamp a refusal feature, clamp a control feature, clamp behind a
@@ -47,11 +47,14 @@ METRIC_LABELS = {
     "truthfulqa_mc2": "TruthfulQA MC2",
     "humaneval": "HumanEval pass@1",
     "kl": "KL divergence to the unsteered model (nats/token)",
-    "ce": "Cross-entropy on the unsteered model's responses (nats/token)",
+    "delta_ce": "Cross-entropy increase on the unsteered model's responses (nats/token)",
     "fractured_asr": "FRACTURED-SORRY-Bench attack success rate",
     "crescendo_asr": "Crescendo attack success rate",
     "multiturn_asr": "Multi-turn attack success rate",
 }
+
+#: metrics measured in nats per token (shown as such, not as percent)
+NATS_METRICS = ("kl", "delta_ce")
 
 _FLOATS = ("value", "score", "ci_lo", "ci_hi", "seconds")
 _INTS = ("feature", "n", "k")

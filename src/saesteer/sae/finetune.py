@@ -68,7 +68,9 @@ class FinetuneResult:
     log: list[dict[str, float]] = field(default_factory=list)
 
 
-def windows_after_harvest(acts_dir: str | Path, tokenizer: Any, chat: list[list[dict[str, str]]]) -> Iterable[list[int]]:
+def windows_after_harvest(
+    acts_dir: str | Path, tokenizer: Any, chat: list[list[dict[str, str]]]
+) -> Iterable[list[int]]:
     """Token windows of a harvest's stream that the harvest did not consume (so the SAE never saw them)."""
     manifest = read_manifest(Path(acts_dir))
     if manifest is None or "config" not in manifest:
@@ -172,8 +174,8 @@ def finetune_kl(
 
 def _batches(windows: Iterable[Sequence[int]], cfg: FinetuneConfig, start: int) -> Iterable[list[Sequence[int]]]:
     """Steps ``start``.. of the window stream, ``batch_windows`` windows each (windows cut to ``context_len``)."""
-    it = (w[: cfg.context_len] for w in windows if len(w) >= 2)
-    it = itertools.islice(it, start * cfg.batch_windows, None)
+    cut = (w[: cfg.context_len] for w in windows if len(w) >= 2)
+    it = itertools.islice(cut, start * cfg.batch_windows, None)
     for _ in range(start, cfg.steps):
         chunk = list(itertools.islice(it, cfg.batch_windows))
         if len(chunk) < cfg.batch_windows:
@@ -189,7 +191,7 @@ def _unit_sphere_step(sae: TopKSAE, opt_: torch.optim.Optimizer, lr: float) -> N
     for group in opt_.param_groups:
         group["lr"] = lr
     opt_.step()
-    sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 def _save(cfg: FinetuneConfig, sae: TopKSAE, opt_: torch.optim.Optimizer, step: int, log: list, seconds: float) -> None:
@@ -239,5 +241,10 @@ def finetune_and_measure(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = finetune_kl(model, sae, windows, cfg, pad_id=pad)
     after = evaluate_sae(model, tokenizer, result.sae, eval_cfg, corpus=corpus, conversations=conversations)
-    cost = {"tokens": result.tokens, "seconds": result.seconds, "tokens_per_s": result.tokens_per_s, "steps": result.steps}
+    cost = {
+        "tokens": result.tokens,
+        "seconds": result.seconds,
+        "tokens_per_s": result.tokens_per_s,
+        "steps": result.steps,
+    }
     return {"result": result, "before": before, "after": after, "cost": cost}

@@ -1,4 +1,5 @@
-"""Sparse kernels for Top-k SAE training: only the k selected latents cost work after the encoder matmul.
+"""Sparse kernels for Top-k SAEs: training steps where only the k selected latents cost work after the
+encoder matmul, and the exact Top-k latents of a few features at the cost of a bf16 encoder.
 
 * :class:`SparsePattern` -- the (token, latent) pairs of a batch sorted by latent, built once per step;
   decoding is one ``embedding_bag`` over the k selected decoder rows, and ``S^T @ X`` products (the
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from saesteer.model.packed import linear
 
 
 class SparsePattern:
@@ -174,3 +177,71 @@ def topk_step(
         grad_W_dec=grad_W_dec,
         grad_b_dec=grad_b_dec,
     )
+
+
+class TopkLatents:
+    """Exact Top-k latents of a few features, decided in fp32 at the cost of a bf16 encoder.
+
+    With ``pre = x @ W + b`` in float32 (``W`` (d_in, d_sae), the b_dec-subtraction folded into
+    ``b``), feature ``f``'s latent is ``z_f = relu(pre_f)`` if ``pre_f`` is at least the k-th largest
+    pre-activation ``T``, else 0. Only ``T`` needs the whole encoder:
+
+    1. ``pre_f`` from the feature's own column, in float32. Rows with ``pre_f <= 0`` for every
+       feature have ``z = 0`` and stop here.
+    2. For the other rows, ``lo = bf16(x) @ bf16(W) + b`` (float32 accumulation; prepacked oneDNN
+       weights on the CPU) and ``T_lo`` = its k-th largest value. Each entry is within
+       ``E = c * ||x|| * max_j ||W[:, j]||`` of the float32 one (rounding of x, of W and of the
+       bf16 product: 3 * 2^-9 relative to ``sum_i |x_i W_ij| <= ||x|| ||W_j||``, plus float32
+       accumulation on both sides, times a 1.25 margin), so ``|T - T_lo| <= E``: the k-th order
+       statistic moves no more than its inputs.
+    3. ``pre_f >= T_lo + E``: in the top k; ``pre_f < T_lo - E``: not. Rows in between (near-ties)
+       are recomputed with the full float32 encoder, which decides as before.
+
+    Without bf16 support the encoder runs in float32 (step 3 then never rechecks). Counters
+    ``rows_seen``, ``rows_encoded`` and ``rows_rechecked`` record what the rows cost.
+    """
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, feats: list[int], k: int, low: torch.dtype):
+        self.w, self.b = w, b
+        self.k = k
+        self.idx = torch.tensor(feats, device=w.device)
+        self.w_f = w[:, feats].contiguous()
+        self.b_f = b[feats].contiguous()
+        self.low = low
+        self.lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=False, device=w.device, dtype=low)
+        self.lin.weight.data = w.t().contiguous().to(low)
+        self.lin.requires_grad_(False)
+        d_in = w.shape[0]
+        unit = 3 * 2.0**-9 if low != torch.float32 else 0.0
+        self.c = 1.25 * (unit + 2 * d_in * 2.0**-24)
+        self.w_max = float(w.norm(dim=0).max())
+        self.rows_seen = self.rows_encoded = self.rows_rechecked = 0
+
+    def full(self, x: torch.Tensor) -> torch.Tensor:
+        """The float32 reference: (N, |F|) latents from the whole encoder."""
+        pre = torch.addmm(self.b, x, self.w)
+        kth = pre.topk(self.k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        pre_f = pre.index_select(-1, self.idx)
+        return torch.relu(pre_f) * (pre_f >= kth)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, |F|) float32 latents of float32 rows ``x`` (N, d_in)."""
+        pre_f = torch.addmm(self.b_f, x, self.w_f)
+        z = torch.zeros_like(pre_f)
+        self.rows_seen += x.shape[0]
+        rows = (pre_f > 0).any(-1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return z
+        xr, pf = x.index_select(0, rows), pre_f.index_select(0, rows)
+        self.rows_encoded += rows.numel()
+        lo = linear(self.lin, xr.to(self.low)).float().add_(self.b)
+        t_lo = lo.topk(self.k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        band = (self.c * self.w_max) * torch.linalg.vector_norm(xr, dim=-1, keepdim=True)
+        band = band + 2.0**-20 * t_lo.abs()  # the float32 bias additions on both sides
+        zr = torch.relu(pf) * (pf >= t_lo + band)
+        near = ((pf >= t_lo - band) & (pf < t_lo + band) & (pf > 0)).any(-1).nonzero().squeeze(1)
+        if near.numel():
+            self.rows_rechecked += near.numel()
+            zr[near] = self.full(xr.index_select(0, near))
+        z[rows] = zr
+        return z

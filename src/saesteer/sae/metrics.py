@@ -238,7 +238,9 @@ class SaeEvalConfig:
     outlier_factor: float = opt(
         8.0, "leave tokens unspliced whose norm exceeds this many times the median (as harvest drops them; 0: all)"
     )
-    dead_window: int | None = opt(None, "dead = zero firings in this many held-out tokens (default: the SAE's training window)")
+    dead_window: int | None = opt(
+        None, "dead = zero firings in this many held-out tokens (default: the SAE's training window)"
+    )
 
 
 def corpus_windows(

@@ -6,14 +6,18 @@ Reading ``z_f`` costs different amounts per architecture (readers are pluggable 
 * ReLU / JumpReLU: ``z_f`` depends on feature ``f`` alone, so only the columns ``W_enc[:, F]`` of
   the edited features are multiplied (``d_model x |F|`` per token, a negligible cost).
 * Top-k: whether ``f`` is among the k largest pre-activations depends on every latent, so the
-  exact reader runs the full encoder (``d_model x d_sae`` per token; ~3% of the default model's
-  FLOPs at 16,384 latents) and keeps ``relu(pre_f)`` only where ``pre_f`` reaches the k-th largest
-  pre-activation (in a prompt pass, rows with ``pre_f <= 0`` skip it). ``topk_exact=False`` reads
+  exact reader needs the k-th largest pre-activation of the full encoder (``d_model x d_sae`` per
+  token; ~3% of the default model's FLOPs at 16,384 latents) and keeps ``relu(pre_f)`` only where
+  ``pre_f`` reaches it. Rows with ``pre_f <= 0`` skip the encoder; on the CPU it runs in bf16 with
+  a float32 recheck of near-ties (:class:`saesteer.sae.kernels.TopkLatents`), deciding exactly as
+  the float32 encoder. ``topk_exact=False`` reads
   ``relu(pre_f)`` from the columns alone: cheaper, but a clamp then also subtracts ``pre_f`` where
   the feature was outside the top k (not error-preserving there). Exact is the default.
 * Any other registered architecture: the SAE's own ``encode`` (exact, full cost).
 
-All arithmetic runs in float32; the edited activation is cast back to the model's dtype.
+All arithmetic runs in float32; the edited activation is cast back to the model's dtype. On the
+CPU only the selected rows (positions) are read and edited: unselected rows (padding, gated-off
+examples, positions outside the mode) cost nothing and are copied bit for bit.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from typing import Any
 
 import torch
 
+from saesteer.errors import SaesteerError
+from saesteer.model.packed import packing_supported
 from saesteer.model.rows import select_rows
 from saesteer.sae.base import SAE
+from saesteer.sae.kernels import TopkLatents
 from saesteer.steering.interventions import Value
 from saesteer.steering.positions import ForwardInfo
 
@@ -63,24 +70,22 @@ GATHER_ROWS = 64  # above this many rows, the exact Top-k reader encodes only th
 
 
 def topk_reader(sae: SAE, feats: list[int], device: torch.device, exact: bool) -> Reader:
-    """Exact Top-k latents of ``feats``: the full fp32 encoder decides membership in the top k.
+    """Exact Top-k latents of ``feats``: membership in the top k decided as by the float32 encoder.
 
-    With many rows (a prompt pass), rows where every edited feature's pre-activation is <= 0 have
-    z = 0 whatever the other latents do, and skip the full encoder. Few rows (decode steps) take the
-    full encoder without that test, which would synchronise a GPU.
+    On the CPU, :class:`saesteer.sae.kernels.TopkLatents` skips rows where every edited feature's
+    pre-activation is <= 0 and runs the encoder in bf16, rechecking near-ties in float32. Elsewhere
+    the float32 encoder runs on every row of a decode step (a row test would synchronise a GPU) and
+    only on rows with a positive pre-activation in a longer (prompt) pass.
     """
     if not exact:
         return relu_reader(sae, feats, device, exact)
     w, b = _fold_input(sae, device, None)
-    w_f, b_f = _fold_input(sae, device, feats)
     k = int(sae.cfg.k or 1)
-    idx = torch.tensor(feats, device=device)
-
-    def full(x: torch.Tensor) -> torch.Tensor:
-        pre = torch.addmm(b, x, w)  # (N, d_sae)
-        kth = pre.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        pre_f = pre.index_select(-1, idx)
-        return torch.relu(pre_f) * (pre_f >= kth)
+    if device.type == "cpu":
+        low = torch.bfloat16 if packing_supported(device, torch.bfloat16) else torch.float32
+        return TopkLatents(w, b, feats, k, low)
+    w_f, b_f = _fold_input(sae, device, feats)
+    full = TopkLatents(w, b, feats, k, torch.float32).full
 
     def read(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= GATHER_ROWS:
@@ -109,12 +114,17 @@ def make_reader(sae: SAE, feats: Sequence[int], device: torch.device, exact: boo
 
 
 class StepContext:
-    """The :class:`EditContext` of one forward step: lazily computed latents, cached vectors."""
+    """The :class:`EditContext` of one forward step: lazily computed latents, cached vectors.
 
-    def __init__(self, editor: Editor, x: torch.Tensor, info: ForwardInfo):
+    ``x`` is the activation (batch, seq, d_model), or with ``rows`` the selected rows of its
+    flattened (batch * seq, d_model) view; values are then gathered for the same rows.
+    """
+
+    def __init__(self, editor: Editor, x: torch.Tensor, info: ForwardInfo, rows: torch.Tensor | None = None):
         self.editor = editor
         self.x = x
         self.info = info
+        self.rows = rows
         self._z: torch.Tensor | None = None
 
     def z(self, feature: int) -> torch.Tensor:
@@ -138,16 +148,18 @@ class StepContext:
             return v
         v = select_rows(v, self.info.batch, "per-example value")
         if v.ndim == 1:
-            return v.view(-1, 1, 1)
-        pos = self.info.abs_positions(self.x.device)
-        if int(pos[-1]) >= v.shape[1]:
-            from saesteer.errors import SaesteerError
-
-            raise SaesteerError(
-                f"per-position value covers {v.shape[1]} positions but the model reached position {int(pos[-1])}; "
-                "give one column per position (prompt and generated)"
-            )
-        return v[:, pos].unsqueeze(-1)
+            v = v.unsqueeze(1).expand(self.info.batch, self.info.seq)
+        else:
+            pos = self.info.abs_positions(dev)
+            if self.info.past + self.info.seq > v.shape[1]:
+                raise SaesteerError(
+                    f"per-position value covers {v.shape[1]} positions but the model reached position "
+                    f"{self.info.past + self.info.seq - 1}; give one column per position (prompt and generated)"
+                )
+            v = v[:, pos]
+        if self.rows is not None:
+            return v.reshape(-1).index_select(0, self.rows).unsqueeze(-1)
+        return v.unsqueeze(-1)
 
 
 class Editor:
@@ -191,9 +203,24 @@ class Editor:
         return self.cached(("dec", device), lambda: w_dec.detach()[self.dec_feats].to(device, torch.float32))
 
     def apply(self, x: torch.Tensor, sel: torch.Tensor | None, info: ForwardInfo) -> torch.Tensor:
-        """The edited activation; positions where ``sel`` is False keep ``x`` bit for bit."""
+        """The edited activation; positions where ``sel`` is False keep ``x`` bit for bit.
+
+        On the CPU the edit runs on the selected rows only (finding them costs no device sync there).
+        """
+        if sel is not None and x.device.type == "cpu":
+            rows = sel.reshape(-1).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                return x
+            flat = x.reshape(-1, x.shape[-1])
+            new = self._edit(flat.index_select(0, rows), StepContext(self, flat, info, rows))
+            return flat.index_copy(0, rows, new.to(x.dtype)).view_as(x)
+        new = self._edit(x, StepContext(self, x, info)).to(x.dtype)
+        return new if sel is None else torch.where(sel.unsqueeze(-1), new, x)
+
+    def _edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The interventions on ``x`` (any leading shape) in float32."""
         xf = x.to(torch.float32)
-        ctx = StepContext(self, xf, info)
+        ctx.x = xf
         if self.keep_error or self.sae is None:
             out = xf
         else:
@@ -202,7 +229,4 @@ class Editor:
             out = out + iv.delta(ctx)
         for iv in self.projects:
             out = iv.project(out, ctx)
-        new = out.to(x.dtype)
-        if sel is None:
-            return new
-        return torch.where(sel.unsqueeze(-1), new, x)
+        return out

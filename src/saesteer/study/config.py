@@ -62,6 +62,11 @@ class EvaluateConfig:
         "direction) or all",
     )
     examples: int = opt(3, "example completions per condition shown side by side in the report")
+    mmlu_per_subject: int = opt(0, "MMLU test questions per subject (0: capability.mmlu_n over all subjects)")
+    humaneval_n: int = opt(20, "HumanEval problems (pass@1, greedy; 0 = skip)")
+    humaneval_max_new_tokens: int = opt(384, "tokens generated per HumanEval answer")
+    divergence_n: int = opt(24, "harmless dev prompts of the KL / cross-entropy measure")
+    divergence_max_new_tokens: int = opt(48, "tokens of the unsteered responses the KL / CE measure scores")
 
 
 @dataclass
@@ -109,6 +114,8 @@ class StudyConfig:
             raise SaesteerError(f"unknown profile {self.profile!r}; use one of {', '.join(PROFILES)}")
         if self.seeds < 1:
             raise SaesteerError(f"seeds={self.seeds}; use 1 or more")
+        if self.seeds > 1 and self.sae:
+            raise SaesteerError("seeds > 1 retrains the SAE; drop --sae (reuse a harvest with --acts instead)")
         if self.evaluate.capability_on not in ("headline", "all"):
             raise SaesteerError(f"evaluate.capability_on={self.evaluate.capability_on!r}; use headline or all")
         for dotted, top in STUDY_OWNED.items():
@@ -188,6 +195,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "multiturn.n": 2,
         "multiturn.max_steps": 2,
         "evaluate.examples": 2,
+        "evaluate.humaneval_n": 1,
+        "evaluate.humaneval_max_new_tokens": 16,
+        "evaluate.divergence_n": 4,
+        "evaluate.divergence_max_new_tokens": 8,
     },
     "cpu": {  # the default: a 2M-token, 16k-latent SAE and small samples, about 1 h on 2 CPU cores
         "harvest.n_tokens": 2_000_000,
@@ -212,6 +223,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "capability.gsm8k_max_new_tokens": 128,
         "multiturn.n": 8,
         "multiturn.max_steps": 2,
+        "evaluate.humaneval_n": 20,
+        "evaluate.humaneval_max_new_tokens": 256,
+        "evaluate.divergence_n": 24,
     },
     "gpu": {  # paper-sized samples
         "harvest.n_tokens": 20_000_000,
@@ -235,6 +249,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "multiturn.n": 100,
         "evaluate.crescendo_n": 30,
         "evaluate.capability_on": "all",
+        "evaluate.humaneval_n": 164,
+        "evaluate.humaneval_max_new_tokens": 512,
+        "evaluate.divergence_n": 64,
     },
 }
 # the full profile: the cpu profile's harvest and SAE (same stage keys, so its caches are reused) and
@@ -244,7 +261,7 @@ PROFILES["full"] = {
     "generation.max_new_tokens": 24,
     "safety.n": None,
     "safety.alpaca_n": 300,
-    "capability.mmlu_n": 570,
+    "evaluate.mmlu_per_subject": 10,
     "capability.mmlu_shots": 5,
     "capability.truthfulqa_n": 200,
     "capability.gsm8k_n": 150,
@@ -253,6 +270,9 @@ PROFILES["full"] = {
     "multiturn.n": 60,
     "evaluate.crescendo_n": 20,
     "evaluate.capability_on": "headline",
+    "evaluate.humaneval_n": 164,
+    "evaluate.humaneval_max_new_tokens": 384,
+    "evaluate.divergence_n": 48,
 }
 
 

@@ -57,13 +57,20 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> list[list[str]]:
     return rows
 
 
+HELD_OUT_KEYS = ("fvu", "l0", "dead_frac", "n_tokens")
+SPLICED_KEYS = ("ce_clean", "ce_spliced", "ce_increase", "kl_spliced", "ce_recovered", "n_predictions")
+SPLICED_NAMES = {"web": "corpus text", "web_all_positions": "corpus text, every position", "chat": "chat"}
+
+
 def sae_table(trained: TrainedSAE, metrics: Mapping[str, Any]) -> Table:
-    act, sp = metrics.get("activations", {}), metrics.get("spliced", {})
     rows = [["folder", str(trained.folder)], ["hook", trained.sae.cfg.hook_name],
             ["latents (d_sae)", str(trained.sae.d_sae)], ["active per token (k)", str(trained.sae.cfg.k)]]  # fmt: skip
-    rows += [[f"held-out {k}", _num(v)] for k, v in act.items() if not isinstance(v, (dict, list))]
-    rows += [[f"spliced {k}", _num(v)] for k, v in sp.items() if not isinstance(v, (dict, list))]
-    return Table("SAE", ["field", "value"], rows)
+    for kind, m in (metrics.get("activations") or {}).items():
+        rows += [[f"held-out ({kind}) {k}", _num(m[k])] for k in HELD_OUT_KEYS if k in m]
+    for key, name in SPLICED_NAMES.items():
+        m = metrics.get(key) or {}
+        rows += [[f"spliced on {name}: {k}", _num(m[k])] for k in SPLICED_KEYS if k in m]
+    return Table("SAE", ["field", "value"], rows, "CE and KL in nats per token; FVU = unexplained variance share.")
 
 
 def features_tables(features: FeatureReport) -> list[Table]:

@@ -4,14 +4,16 @@
  2. corpus       the data directory's text corpus, or the built-in one
  3. harvest      activations at the hook on corpus windows and the model's own chat conversations
  4. train_sae    a Top-k SAE on the harvest
- 5. sae_metrics  held-out FVU, spliced CE / KL increase
+ 5. sae_metrics  held-out FVU, spliced CE / KL increase on corpus text and on the model's own chat responses
+                (the unsteered responses to harmless dev prompts, also the text of the KL / CE measure)
  6. direction    the difference-in-means refusal direction (dev)
  7. features     refusal-feature discovery and a verified-neutral control (dev)
  8. gate_probe   the harm probe of a probe gate (dev)
  9. choice       the headline clamp value and gate, chosen on dev prompts
-10. sweep        every condition scored on the test prompts
-11. seeds        SAE, features and headline conditions again under other seeds (``seeds`` > 1)
-12. report       Markdown + HTML report, ``splits.json``; published to ``report_dir``
+10. capability   benchmark test items, drawn from the split registry
+11. sweep        every condition scored on the test prompts
+12. seeds        SAE, features and headline conditions again under other seeds (``seeds`` > 1)
+13. report       Markdown + HTML report, ``splits.json``; published to ``report_dir``
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from saesteer.evaluation.datasets import data_dir
 from saesteer.model.loading import LoadedModel
 from saesteer.stages import StageRunner
+from saesteer.study import capability as cap
 from saesteer.study import dev_stages as dev
 from saesteer.study import sae_stages as sae_st
 from saesteer.study.config import StudyConfig
@@ -51,7 +54,9 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     corpus = sae_st.stage_corpus(cfg, root)  # 2
     acts = sae_st.stage_harvest(runner, lm, cfg, corpus, prompts)  # 3
     trained = sae_st.stage_train(runner, lm, cfg, acts, cfg.seed)  # 4
-    metrics = sae_st.stage_sae_metrics(runner, lm, cfg, trained, corpus)  # 5
+    base = cap.stage_base_responses(runner, lm, cfg, prompts)
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in zip(*base, strict=True)]
+    metrics = sae_st.stage_sae_metrics(runner, lm, cfg, trained, corpus, chats)  # 5
     direction = dev.stage_direction(runner, lm, cfg, prompts)  # 6
     features = dev.stage_features(runner, lm, cfg, trained, corpus, prompts)  # 7
     gates = study_gates(cfg, real)
@@ -61,12 +66,15 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     ctx = sweep_context(lm, cfg, trained.sae, direction, prompts, probe, runner.root / "completions.jsonl")
     choice = dev.stage_choice(runner, lm, cfg, prompts, grid, lambda c: build_steering(ctx, c))  # 9
     scored = dev.test_grid(grid, choice)
-    table = stage_sweep(runner, ctx, scored, choice, features)  # 10
+    ctx.capability_data = cap.capability_data(cfg, prompts, real)  # 10
+    ctx.humaneval = cap.humaneval_problems(cfg, prompts)
+    ctx.divergence = base
+    table = stage_sweep(runner, ctx, scored, choice, features)  # 11
     seed_runs = [SeedRun.of(cfg.seed, features, trained.sae, table, choice)]
-    if cfg.seeds > 1:  # 11
+    if cfg.seeds > 1:  # 12
         seed_runs += stage_seeds(runner, lm, cfg, acts, corpus, prompts, direction, probe, choice, grid)
 
-    report_dir = root / "report"  # 12
+    report_dir = root / "report"  # 13
     write_study_report(
         report_dir, lm=lm, cfg=cfg, table=table, grid=scored, choice=choice, features=features,
         trained=trained, sae_metrics=metrics, prompts=prompts, runner=runner, seed_runs=seed_runs,

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from saesteer.activations.chat import build_chat_data
-from saesteer.activations.harvest import harvest, right_pad
-from saesteer.activations.sources import iter_texts
+from saesteer.activations.harvest import corpus_identity, harvest
 from saesteer.activations.store import ActivationStore
 from saesteer.config import atomic_write_json, atomic_write_text, config_to_dict
 from saesteer.errors import SaesteerError
@@ -28,9 +24,9 @@ from saesteer.model.generation import GenerationConfig
 from saesteer.model.loading import LoadedModel
 from saesteer.sae.base import SAE
 from saesteer.sae.io import load_sae
-from saesteer.sae.metrics import activation_metrics, combine_spliced, spliced_metrics
+from saesteer.sae.metrics import SaeEvalConfig, corpus_windows, evaluate_sae, spliced_over
 from saesteer.sae.train import train_sae
-from saesteer.stages import StageRunner
+from saesteer.stages import StageRunner, stable_hash
 from saesteer.study.config import StudyConfig
 from saesteer.study.corpus import stdlib_docstrings
 from saesteer.study.prompts import StudyPrompts, digest
@@ -75,9 +71,11 @@ def harvest_tokens(cfg: StudyConfig, corpus: Corpus) -> int:
     return n
 
 
-def stage_harvest(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, corpus: Corpus, prompts: StudyPrompts) -> str:
+def stage_harvest(
+    runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, corpus: Corpus, prompts: StudyPrompts
+) -> str | None:
     """Activations at the hook on corpus windows plus the model's own chat conversations (SAE-chat prompts)."""
-    if cfg.acts:
+    if cfg.acts or cfg.sae:  # a given cache, or a given SAE (trained elsewhere: nothing to harvest)
         return cfg.acts
     chat_prompts = prompts.texts("sae_chat")
     hcfg = dataclasses.replace(
@@ -86,7 +84,7 @@ def stage_harvest(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, corpus
     inputs = {
         "model": lm.spec,
         "harvest": {k: v for k, v in config_to_dict(hcfg).items() if k != "out_dir"},
-        "corpus": Path(corpus.path).name,
+        "corpus": corpus_identity([corpus.path]),
         "chat": config_to_dict(cfg.chat),
         "chat_prompts": digest(chat_prompts),
     }
@@ -99,10 +97,12 @@ def stage_harvest(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, corpus
     return runner.run("harvest", inputs, run, str, code=("activations",))
 
 
-def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: str, seed: int) -> TrainedSAE:
+def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: str | None, seed: int) -> TrainedSAE:
     """A Top-k SAE trained once over every harvested token (``seed``: initialisation and batch order)."""
     if cfg.sae:
         return TrainedSAE(load_sae(cfg.sae, dtype="float32"), Path(cfg.sae), cfg.acts, seed)
+    if acts is None:
+        raise SaesteerError("no activation cache to train on; harvest first or pass acts")
     store = ActivationStore(acts)
     tcfg = dataclasses.replace(cfg.train, total_tokens=max(store.n_tokens, 4096), seed=seed)
     inputs = {
@@ -132,41 +132,32 @@ def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: st
     return TrainedSAE(sae, Path(sae_dir), acts, seed)
 
 
-def corpus_windows(
-    corpus: str, tokenizer: Any, n_texts: int, context_len: int = 128
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The corpus's last ``n_texts`` texts (the ones a harvest reads last, if at all), tokenised and right-padded."""
-    texts = list(deque(iter_texts(corpus, "text"), maxlen=n_texts))
-    rows = [ids for t in texts if len(ids := tokenizer(t, add_special_tokens=False)["input_ids"][:context_len]) >= 2]
-    if not rows:
-        raise SaesteerError(f"corpus {corpus}: no text has 2 or more tokens")
-    return right_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-
-
 def stage_sae_metrics(
-    runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, trained: TrainedSAE, corpus: Corpus
+    runner: StageRunner,
+    lm: LoadedModel,
+    cfg: StudyConfig,
+    trained: TrainedSAE,
+    corpus: Corpus,
+    chats: list[list[dict[str, str]]],
 ) -> dict[str, Any]:
-    """Held-out FVU / L0 / dead latents, and the spliced CE / KL increase on corpus texts."""
-    outlier = cfg.harvest.outlier_factor
+    """Held-out FVU / L0 / dead latents (by token kind), and the spliced CE / KL increase on corpus texts the
+    harvest read last (as harvested: outlier positions unspliced; and at every position) and on chat
+    conversations (the unsteered model's own responses to harmless dev prompts)."""
+    ecfg = SaeEvalConfig(n_texts=cfg.dev.sae_eval_texts, context_len=cfg.harvest.context_len,
+                         outlier_factor=cfg.harvest.outlier_factor)  # fmt: skip
 
     def run(folder: Path) -> dict[str, Any]:
-        sae = trained.sae
+        sae, store = trained.sae, ActivationStore(trained.acts) if trained.acts else None
         out: dict[str, Any] = {"sae": str(trained.folder)}
-        if trained.acts:
-            out["activations"] = activation_metrics(sae, [ActivationStore(trained.acts).held_out(65_536)])
-        ids, mask = corpus_windows(corpus.path, lm.tokenizer, cfg.dev.sae_eval_texts, cfg.harvest.context_len)
-        adapter = ArchAdapter(lm.model)
-        # as harvested (positions with norm > outlier x median never reach training stay clean), then everywhere
-        for key, factor in (("spliced", outlier), ("spliced_all_positions", 0.0)):
-            parts = [
-                spliced_metrics(lm.model, adapter, sae, ids[i : i + 8], mask[i : i + 8], outlier_factor=factor)
-                for i in range(0, len(ids), 8)
-            ]
-            out[key] = combine_spliced(parts)
+        out |= evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store, conversations=chats or None)
+        ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
+        for key, factor in (("web", ecfg.outlier_factor), ("web_all_positions", 0.0)):
+            out[key] = spliced_over(lm.model, sae, ids, mask, ecfg.batch_size, factor)
         atomic_write_json(folder / "sae_metrics.json", out)
         return out
 
-    inputs = {"sae": str(trained.folder), "texts": cfg.dev.sae_eval_texts, "corpus": Path(corpus.path).name}
+    inputs = {"sae": str(trained.folder), "eval": config_to_dict(ecfg), "corpus": corpus_identity([corpus.path]),
+              "chats": stable_hash(chats)}  # fmt: skip
     return runner.run(
         "sae_metrics", inputs, run, lambda f: json.loads((f / "sae_metrics.json").read_text()), code=("sae",)
     )

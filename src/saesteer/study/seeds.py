@@ -100,7 +100,7 @@ def stage_seeds(
     runner: StageRunner,
     lm: LoadedModel,
     cfg: StudyConfig,
-    acts: str,
+    acts: str | None,
     corpus: sae_st.Corpus,
     prompts: StudyPrompts,
     direction: RefusalDirection,

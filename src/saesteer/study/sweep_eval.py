@@ -8,6 +8,7 @@ interrupted sweep resumes without recomputing finished cells.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import run_capability
+from saesteer.evaluation.capability import CapabilityData, run_capability
 from saesteer.evaluation.datasets import has_data
+from saesteer.evaluation.divergence import steering_divergence
+from saesteer.evaluation.humaneval import score_humaneval
 from saesteer.evaluation.multiturn import run_multiturn
 from saesteer.evaluation.safety import CompletionCache, refusal_rate
 from saesteer.model.generation import GenerationConfig
@@ -32,6 +35,7 @@ from saesteer.study.prompts import StudyPrompts
 
 SAFETY_METRICS = ("unsafe_refusal", "safe_refusal")
 CAPABILITY_METRICS = ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k")
+DIVERGENCE_METRICS = ("kl", "delta_ce")
 MULTITURN_METRICS = ("fractured_asr", "crescendo_asr")
 #: the per-item outcome of each capability metric's records
 ITEM_KEYS = {"truthfulqa_mc1": "mc1_correct", "truthfulqa_mc2": "mc2_true_mass"}
@@ -51,6 +55,9 @@ class SweepContext:
     calibration: list[str]  # harmless dev prompts the gate thresholds are set on
     cache: CompletionCache
     capability_conditions: set[str]
+    capability_data: CapabilityData | None = None
+    humaneval: list[Any] = dataclasses.field(default_factory=list)
+    divergence: tuple[list[str], list[str]] = ([], [])  # harmless dev prompts, the unsteered responses
     safety_only: bool = False
     log: Callable[[str], None] = print
     probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate, fit at cfg.hook
@@ -105,8 +112,13 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
     steering = build_steering(ctx, cond)
     if any(not table.has(cond.name, m) for m in SAFETY_METRICS):
         _safety(ctx, cond, steering, table)
-    if cond.name in ctx.capability_conditions and any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
-        _capability(ctx, cond, steering, table)
+    if cond.name in ctx.capability_conditions:
+        if any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
+            _capability(ctx, cond, steering, table)
+        if ctx.humaneval and not table.has(cond.name, "humaneval"):
+            _humaneval(ctx, cond, steering, table)
+    if steering is not None and ctx.divergence[0] and not table.has(cond.name, "kl"):
+        _divergence(ctx, cond, steering, table)
     if ctx.safety_only:
         return
     if has_data("fractured_sorry_bench", ctx.cfg.data_dir) and any(
@@ -152,19 +164,56 @@ def _item_values(metric: str, records: Sequence[Mapping[str, Any]]) -> dict[str,
 
 
 def _capability(ctx: SweepContext, cond: Condition, steering: Steering | None, table: ResultsTable) -> None:
+    """MMLU, TruthfulQA, GSM8K; a gated steering decides once per question, from the chat-formatted question."""
     cfg = ctx.cfg
     ccfg = dataclasses.replace(
         cfg.capability, seed=cfg.seed, data_dir=cfg.data_dir, builtin=not _has_capability_data(cfg.data_dir)
     )
-    with steered(ctx, steering):
-        results = run_capability(ctx.model, ctx.tokenizer, ccfg, progress=True)
+    results = run_capability(ctx.model, ctx.tokenizer, ccfg, progress=True, steering=steering, data=ctx.capability_data)
     for metric, r in results.items():
-        row = cond.row(
-            metric, n=r.n, score=r.score, ci_lo=r.ci_low, ci_hi=r.ci_high, datasets=(metric,), seconds=r.seconds,
-            interval=r.interval,
-        )  # fmt: skip
-        table.add(row, replace=True, items=_item_values(metric, r.records))
+        _benchmark_row(table, cond, metric, r)
     ctx.log("  " + "; ".join(r.summary() for r in results.values()))
+
+
+def _benchmark_row(table: ResultsTable, cond: Condition, metric: str, r: Any) -> None:
+    row = cond.row(
+        metric, n=r.n, score=r.score, ci_lo=r.ci_low, ci_hi=r.ci_high, datasets=(metric,), seconds=r.seconds,
+        interval=r.interval,
+    )  # fmt: skip
+    table.add(row, replace=True, items=_item_values(metric, r.records))
+    gate = r.settings.get("gate") if isinstance(r.settings, Mapping) else None
+    if gate and cond.kind == "conditional" and not table.has(cond.name, f"gate_firing:{metric}"):
+        fired = cond.rate_row(f"gate_firing:{metric}", int(gate["fired"]), int(gate["n"]), [metric])
+        table.add(fired, replace=True)
+
+
+def _humaneval(ctx: SweepContext, cond: Condition, steering: Steering | None, table: ResultsTable) -> None:
+    """HumanEval pass@1; a gated steering decides per problem from its chat prompt, as in generation."""
+    cfg = ctx.cfg
+    with steered(ctx, steering):
+        r = score_humaneval(
+            ctx.model, ctx.tokenizer, ctx.humaneval, max_new_tokens=cfg.evaluate.humaneval_max_new_tokens,
+            batch_size=cfg.generation.batch_size,
+        )  # fmt: skip
+    _benchmark_row(table, cond, "humaneval", r)
+    ctx.log("  " + r.summary())
+
+
+def _divergence(ctx: SweepContext, cond: Condition, steering: Steering, table: ResultsTable) -> None:
+    """KL(unsteered || steered) and the CE increase per token on the unsteered model's own harmless responses."""
+    prompts, responses = ctx.divergence
+    r = steering_divergence(
+        ctx.model, ctx.tokenizer, prompts, responses, steering, batch_size=ctx.cfg.generation.batch_size
+    )
+    per = {f"p{i}": rec for i, rec in enumerate(r.records)}
+    for metric, value, ci, key in (("kl", r.kl, r.kl_ci, "kl"), ("delta_ce", r.delta_ce, r.delta_ce_ci, None)):
+        lo = min(ci[0], value) if math.isfinite(ci[0]) else -math.inf  # n < 2: no interval
+        hi = max(ci[1], value) if math.isfinite(ci[1]) else math.inf
+        row = cond.row(metric, n=r.n, score=value, ci_lo=lo, ci_hi=hi, datasets=("divergence",), interval="t",
+                       seconds=r.seconds / 2)  # fmt: skip
+        items = {i: (rec["kl"] if key else rec["ce_steered"] - rec["ce_base"]) for i, rec in per.items()}
+        table.add(row, replace=True, items=items)
+    ctx.log(f"  KL {r.kl:.4f} nats/token, CE increase {r.delta_ce:+.4f} (n={r.n})")
 
 
 def _multiturn_metrics(cfg: StudyConfig) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from saesteer.features.report import FeatureReport
 from saesteer.model.loading import LoadedModel
 from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
-from saesteer.stages import StageRunner
+from saesteer.stages import StageRunner, stable_hash
 from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.gate import ProjectionScorer
 from saesteer.study import dev_stages as dev
@@ -97,6 +97,9 @@ def stage_sweep(
         "capability_on": sorted(ctx.capability_conditions),
         "safety_only": safety_only,
         "test": {ds: [p.id for p in ps] for ds, ps in ctx.prompts.test_sets().items()},
+        "capability_items": stable_hash(dataclasses.asdict(ctx.capability_data)) if ctx.capability_data else None,
+        "humaneval": [getattr(p, "task_id", str(p)) for p in ctx.humaneval],
+        "divergence": stable_hash(ctx.divergence),
         **{k: config_to_dict(getattr(cfg, k)) for k in ("generation", "safety", "capability", "multiturn", "evaluate")},
     }
 
