@@ -129,8 +129,10 @@ def bench_batch(model: Any, tok: Any, sae: Any, args: argparse.Namespace, batch:
             if handle is not None:
                 handle.remove()
 
-    for p, v in runs:  # warm-up (packs the weights, builds readers)
-        once(p, v, 2)
+    prefill: dict[tuple[str, str], float] = {}
+    for p, v in runs:  # warm-up (packs the weights, builds readers), then the prompt pass + 1 token alone
+        once(p, v, 1)
+        prefill[(p, v)] = once(p, v, 1)
         cpu[(p, v)].clear()
     for r in range(args.rounds):
         order = runs[r % len(runs) :] + runs[: r % len(runs)]
@@ -138,19 +140,20 @@ def bench_batch(model: Any, tok: Any, sae: Any, args: argparse.Namespace, batch:
             times[(p, v)].append(once(p, v, n))
     tps = {rv: batch * n / statistics.median(ts) for rv, ts in times.items()}
     cps = {rv: batch * n / statistics.median(ts) for rv, ts in cpu.items()}
+    dec = {rv: batch * (n - 1) / max(statistics.median(ts) - prefill[rv], 1e-9) for rv, ts in times.items()}
     prompt_w = enc["input_ids"].shape[1]
     print(f"\n## batch {batch} (prompt width {prompt_w}, {n} new tokens, {args.rounds} round(s))")
     lim_tps = limit(batch)
     print(
         f"{'path':<6} {'variant':<11} {'tokens/s':>9} {'/base':>6} {'/eager':>7} {'limit share':>11}"
-        f" {'tok/cpu-s':>10} {'/base':>6} {'/eager':>7}"
+        f" {'tok/cpu-s':>10} {'/base':>6} {'/eager':>7} {'decode tok/s':>12} {'/base':>6} {'/eager':>7}"
     )
     for p, v in runs:
         line = f"{p:<6} {v:<11}"
-        for d in (tps, cps):
+        for d in (tps, cps, dec):
             vs_eager = f"{d[(p, v)] / d[('eager', v)]:7.2f}" if ("eager", v) in d else "      -"
             share = f" {d[(p, v)] / lim_tps:10.1%}" if d is tps else ""
-            line += f" {d[(p, v)]:9.1f} {d[(p, v)] / d[(p, 'base')]:6.3f} {vs_eager}{share}"
+            line += f" {d[(p, v)]:{12 if d is dec else 9}.1f} {d[(p, v)] / d[(p, 'base')]:6.3f} {vs_eager}{share}"
         print(line)
     if "eager" in paths and "fast" in paths:
         for v in steerings:
@@ -201,7 +204,8 @@ def main() -> None:
     print(
         "\n'/base': tokens/s over the same path's unsteered run; '/eager': over eager generate's same variant; "
         "'limit share': tokens/s over the floor the measured matmul rate and bandwidth allow; 'tok/cpu-s': tokens "
-        "per second of this process's CPU time (less sensitive to other processes, with --threads 1 above all). "
+        "per second of this process's CPU time (less sensitive to other processes, with --threads 1 above all); "
+        "'decode tok/s': the new tokens after the first over the run's time minus a prompt-pass-plus-one-token run. "
         "Ratios on a busy machine are noisy: rerun with --rounds 3 on an idle one."
     )
 

@@ -74,6 +74,18 @@ def test_extraction_handles_restated_signatures_and_prose() -> None:
     assert extract_code("```\nx = 1\n```") == "x = 1\n"
 
 
+def test_extraction_drops_example_calls_and_a_cut_off_tail() -> None:
+    p = PROBLEMS[0]
+    full = p.prompt + p.canonical_solution
+    # a wrong example call after the function, and an answer cut off at the token limit mid-statement
+    answer = f"```python\n{full}\n# Example usage:\nprint(has_close_elements(None))\nprint(has_close_elements([1.0, 2"
+    code = extract_code(answer)
+    assert "print(" not in code and "def has_close_elements" in code
+    assert check_solution(p, code) == "passed"
+    main = f"```python\n{full}\nif __name__ == '__main__':\n    raise SystemExit(1)\n```"
+    assert check_solution(p, extract_code(main)) == "passed"
+
+
 def test_sandbox_cannot_write_outside_its_folder(tmp_path: Path) -> None:
     if not netns_available():
         pytest.skip("no unprivileged namespaces on this kernel: the sandbox cannot make file systems read-only")
@@ -82,3 +94,16 @@ def test_sandbox_cannot_write_outside_its_folder(tmp_path: Path) -> None:
     r = run_python(f"import os\nos.remove({str(target)!r})\n", timeout_s=5)
     assert r.status == "failed" and "Read-only file system" in r.stderr_tail
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_default_model_solves_easy_problems(default_model_dir: Path) -> None:
+    """The harness end to end on the real default model: prompt format, stop strings and extraction together.
+    Three short problems the model solves (greedy, bf16); a harness bug fails all of them."""
+    from saesteer.evaluation.humaneval import score_humaneval
+    from saesteer.model.loading import load
+
+    lm = load(str(default_model_dir), dtype="bfloat16", device="cpu")
+    probs = [p for p in PROBLEMS if p.task_id in ("HumanEval/22", "HumanEval/30", "HumanEval/162")]
+    res = score_humaneval(lm.model, lm.tokenizer, probs, max_new_tokens=256, batch_size=3)
+    assert res.n == 3 and sum(r["correct"] for r in res.records) >= 2, [r["answer"] for r in res.records]

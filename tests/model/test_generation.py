@@ -93,3 +93,21 @@ def test_generate_sorts_by_tokens_and_keeps_order(tiny_qwen_chat) -> None:
     cfg = GenerationConfig(max_new_tokens=5, batch_size=2)
     outs = generate(model, tok, PROMPTS, cfg)
     assert outs == [generate(model, tok, [p], GenerationConfig(max_new_tokens=5, batch_size=1))[0] for p in PROMPTS]
+
+
+def test_fast_path_equals_hf_generate_on_every_architecture(any_tiny_model) -> None:
+    from saesteer.model.decode import decode
+
+    model = any_tiny_model
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 500, (3, 9), generator=g)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :2] = 0
+    ids[mask == 0] = 0
+    fast = decode(model, ids, mask, max_new_tokens=6, eos_ids=[], pad_id=0)
+    with torch.no_grad():
+        hf = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+    assert torch.equal(fast, hf[:, 9:])

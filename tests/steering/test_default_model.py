@@ -69,3 +69,33 @@ def test_clamp_changes_generations_deterministically_and_noop_does_not(lm: Any) 
     with Steering(lm.model, sae, [ClampFeature(feat, own)]).apply():
         noop = _generate(lm, enc)
     assert torch.equal(noop, base)
+
+
+def test_fast_path_matches_generate_and_keeps_the_noop_exact(lm: Any) -> None:
+    """bf16 real model: the fast path's greedy tokens equal ``generate``'s, and a clamp to the feature's
+    own value (per position, prompt and generated) leaves them unchanged on the fast path too."""
+    from saesteer.model.decode import decode
+
+    torch.manual_seed(0)
+    sae = SAE.from_config(SAEConfig("topk", d_in=896, d_sae=2048, k=32, hook_name=HOOK)).eval()
+    enc = encode_chats(lm.tokenizer, PROMPTS, GenerationConfig().system_prompt)
+    ad = ArchAdapter(lm.model)
+    eos, pad = eos_ids(lm.model, lm.tokenizer), lm.tokenizer.pad_token_id
+
+    def fast() -> torch.Tensor:
+        return decode(lm.model, enc["input_ids"], enc["attention_mask"], max_new_tokens=NEW, eos_ids=eos, pad_id=pad)
+
+    seen: list[torch.Tensor] = []
+    grab = ad.add_hook(HOOK, lambda t: seen.append(t.detach().float()) or None)  # type: ignore[func-returns-value]
+    base = fast()
+    grab.remove()
+    hf = _generate(lm, enc)
+    assert torch.equal(base, hf[:, : base.shape[1]])
+    own = sae.encode(torch.cat(seen, dim=1))[..., :].detach()
+    feat = int((own > 0).float().mean((0, 1)).argmax())
+    assert float((own[..., feat] > 0).float().mean()) > 0.05
+    with Steering(lm.model, sae, [ClampFeature(feat, own[..., feat])]).apply():
+        noop = fast()
+    assert torch.equal(noop, base)
+    with Steering(lm.model, sae, [ClampFeature(feat, 4.0 * float(torch.cat(seen, 1).norm(dim=-1).median()))]).apply():
+        assert not torch.equal(fast(), base)

@@ -79,7 +79,8 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     derived = json.loads((report / "derived.json").read_text())
     gain = next(d for d in derived if d["condition"] == choice["clamp"])["safety_gain"]
     assert gain["method"].startswith("Tango")
-    assert bool(list(out.glob("gate_probe-*/probe.safetensors"))) == with_data
+    # the fitted gate: saesteer.gating's variants compared on dev, the best one kept with its dev threshold
+    assert list(out.glob("gate_fit-*/gate.safetensors")) and "**Gate variants (dev)**" in md
     sae_metrics = json.loads((report / "sae_metrics.json").read_text())
     assert {"activations", "web", "web_all_positions", "chat"} <= set(sae_metrics)
     if not with_data:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import io
 import re
 from collections.abc import Callable, Sequence
@@ -124,6 +125,11 @@ def one_line(tyro_error: str) -> str:
     return re.sub(r"\s+", " ", msg).strip()
 
 
+def _description(cmd: Command) -> str:
+    """The command's description, else its config tree's docstring, else its one-line help."""
+    return cmd.description or inspect.cleandoc(cmd.config.__doc__ or "") or cmd.help
+
+
 def parse(cmd: Command, argv: Sequence[str]) -> Any:
     """Parse ``argv`` (the words after the command name) into ``cmd``'s config tree."""
     rest, config_path = _pop_option(list(argv), "--config")
@@ -137,7 +143,7 @@ def parse(cmd: Command, argv: Sequence[str]) -> Any:
                 args=rest,
                 default=default,
                 prog=f"saesteer {cmd.name}",
-                description=f"{cmd.description or cmd.help}\n\n{CONFIG_HELP}",
+                description=f"{_description(cmd)}\n\n{CONFIG_HELP}",
                 config=cmd.markers,
             )
     except SystemExit as exc:

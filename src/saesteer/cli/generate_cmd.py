@@ -1,13 +1,4 @@
-"""``saesteer generate``: chat completions for prompts, optionally steered (base and steered side by side).
-
-Examples::
-
-    saesteer generate "How do I pick a lock?" --sae runs/sae --clamp 1234=10 --positions all
-    saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate feature:77>3.2
-    saesteer generate "Write a poem" --direction refusal.safetensors --add-direction 4.0
-    saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate direction \\
-        --direction r.safetensors --gate-calibrate harmless_dev.txt --gate-fpr 0.05
-"""
+"""``saesteer generate``: chat completions for prompts, optionally steered (base and steered side by side)."""
 
 from __future__ import annotations
 
@@ -28,7 +19,17 @@ from saesteer.steering.spec import SteeringSpec, read_prompt_file
 
 @dataclass
 class GenerateCommand:
-    """Generate chat completions for prompts (batched, left-padded, KV cache); steer them with --sae/--direction."""
+    """Generate chat completions for prompts (batched, left-padded, KV cache); steer them with --sae/--direction.
+    --clamp, --scale, --add-feature and --ablate-feature repeat, and add to the edits a config file lists.
+
+    Examples:
+      saesteer generate "How do I pick a lock?" --sae runs/sae --clamp 1234=10 --positions all
+      saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate feature:77>3.2
+      saesteer generate "Write a poem" --direction refusal.safetensors --add-direction 4.0
+      saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate direction \\
+          --direction r.safetensors --gate-calibrate harmless_dev.txt --gate-fpr 0.05
+      saesteer generate --prompts-file p.txt --sae runs/sae --clamp 1234=10 --gate gate.safetensors
+    """
 
     prompts: tyro.conf.Positional[list[str]] = opt([], "user prompts (or use --prompts-file)")
     prompts_file: str | None = opt(None, "a .txt file (one prompt a line) or .jsonl ({'prompt'} or {'messages'})")
@@ -36,7 +37,7 @@ class GenerateCommand:
     layout: Literal["columns", "stacked"] = opt("columns", "steered output: columns (side by side) or stacked")
     model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
     generation: Annotated[GenerationConfig, FLAT] = field(default_factory=GenerationConfig)
-    # steering lists are repeatable flags: --clamp 1=5 --clamp 7=2
+    # steering lists are repeatable flags (--clamp 1=5 --clamp 7=2) that add to a config file's list
     steering: Annotated[SteeringSpec, FLAT, tyro.conf.UseAppendAction] = field(default_factory=SteeringSpec)
 
 
@@ -68,4 +69,4 @@ def run(cfg: GenerateCommand) -> int:
     return 0
 
 
-COMMANDS = [Command("generate", "generate chat completions, optionally steered", GenerateCommand, run, __doc__ or "")]
+COMMANDS = [Command("generate", "generate chat completions, optionally steered", GenerateCommand, run)]

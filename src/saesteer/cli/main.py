@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SaesteerError as exc:
         print("saesteer: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         print(f"saesteer: error: {_os_error(exc)}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from saesteer.cli.common import FLAT, Command
+from saesteer.cli.common import FLAT, Command, write_resolved_config
 from saesteer.model.loading import ModelConfig, load
 from saesteer.study.config import StudyConfig
 
@@ -28,7 +28,9 @@ def run(cfg: ReproduceCommand) -> int:
     from saesteer.study.run import run_study
 
     cfg.study.validate()  # before the model loads
-    run_study(load(cfg.model), cfg.study)
+    lm = load(cfg.model)
+    write_resolved_config(cfg.study.out_dir, cfg)  # the whole tree, the model options included
+    run_study(lm, cfg.study)
     return 0
 
 

@@ -13,6 +13,7 @@ pass@1 = share of problems whose program passes; its 95% interval is Wilson's.
 
 from __future__ import annotations
 
+import ast
 import re
 import textwrap
 import time
@@ -74,11 +75,34 @@ def extract_code(answer: str) -> str:
     blocks = _FENCE.findall(answer)
     py = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
     if py or blocks:
-        return (py or [blocks[0][1]])[0].rstrip() + "\n"
+        return sanitize((py or [blocks[0][1]])[0])
     text = answer
     for stop in STOP_STRINGS:
         text = text.split(stop, 1)[0]
-    return text.rstrip() + "\n"
+    return sanitize(text)
+
+
+def sanitize(code: str) -> str:
+    """Keep the definitions of ``code``: drop trailing lines until it parses (an answer cut off at the token
+    limit), then keep only top-level imports, functions, classes and assignments -- example calls, prints and
+    ``if __name__ == "__main__"`` blocks could fail a correct solution. Text that never parses (a bare function
+    body) is returned unchanged."""
+    lines = code.rstrip().splitlines()
+    for end in range(len(lines), 0, -1):
+        try:
+            tree = ast.parse("\n".join(lines[:end]))
+        except SyntaxError:
+            continue
+        keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign)
+        nodes = [n for n in tree.body if isinstance(n, keep)]
+        if not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in nodes):
+            break
+        spans = []
+        for n in nodes:
+            first = min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))])
+            spans.append("\n".join(lines[first - 1 : n.end_lineno]))
+        return "\n\n".join(spans) + "\n"
+    return code.rstrip() + "\n"
 
 
 def build_program(problem: HumanEvalProblem, code: str) -> str:

@@ -129,4 +129,3 @@ def decode(
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             pos = pos[:, -1:] + 1
     return out[:, :n]
-

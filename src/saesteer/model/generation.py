@@ -40,7 +40,9 @@ class GenerationConfig:
     top_p: float = opt(1.0, "nucleus sampling mass (with --do-sample)")
     seed: int = opt(0, "random seed for sampling")
     system_prompt: str | None = opt(None, "system prompt prepended to every conversation (default: the template's)")
-    fast: bool = opt(True, "decode with saesteer's KV-cache loop and prepacked CPU weights (off: Hugging Face generate)")
+    fast: bool = opt(
+        True, "decode with saesteer's KV-cache loop and prepacked CPU weights (off: Hugging Face generate)"
+    )
 
 
 def to_messages(conv: Conversation, system_prompt: str | None = None) -> list[Message]:

@@ -207,18 +207,22 @@ def _multiturn(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> 
     return out
 
 
-def _seeds(seeds: Mapping[str, object] | None) -> list[str]:
+def _seeds(seeds: Mapping[str, object] | None, d: Derived | None) -> list[str]:
+    """The seed spread of the headline gain, and whether it is wider than the gain's own interval."""
     if not seeds or not isinstance(seeds.get("gain"), Mapping):
         return []
     g = seeds["gain"]
     assert isinstance(g, Mapping)
     same = "the same feature (or a decoder-cosine match) every time" if seeds.get("all_match") else (
         "different features across seeds")  # fmt: skip
-    return [
-        f"Across {g['n_seeds']} SAE seeds the headline gain ranged {100 * g['min']:+.1f} to {100 * g['max']:+.1f} pts "
-        f"(sd {100 * g['sd']:.1f}); discovery chose {same}. Where this spread is wider than an interval above, "
-        "the spread is the better guide."
-    ]
+    spread = g["max"] - g["min"]
+    text = (
+        f"Across {g['n_seeds']} SAE seeds the headline clamp's gain ranged {100 * g['min']:+.1f} to "
+        f"{100 * g['max']:+.1f} pts (sd {100 * g['sd']:.1f}); discovery chose {same}."
+    )
+    if d is not None and d.safety_gain is not None and spread > d.safety_gain.width:
+        text += f" The seed spread ({100 * spread:.1f} pts) is wider than the gain's interval: quote the gain with it."
+    return [text]
 
 
 def findings(
@@ -235,5 +239,5 @@ def findings(
         *_gate(table, derived, h),
         *_direction(table, derived),
         *_multiturn(table, derived, h),
-        *_seeds(seeds),
+        *_seeds(seeds, _by_name(derived).get(h.clamp or "")),
     ]

@@ -161,7 +161,7 @@ STUDY_OWNED: dict[str, str] = {
 STUDY_DEFAULTS: dict[str, Any] = {
     "sweep.clamp_values": [1.0, 2.0],
     "sweep.clamp_units": "max",
-    "sweep.gate": "probe:mean,direction:last",
+    "sweep.gate": "fitted,direction:last",
     "sweep.direction_coeffs": [1.0],
 }
 

@@ -28,7 +28,7 @@ from saesteer.config import atomic_write_json, opt
 from saesteer.errors import SaesteerError
 from saesteer.report.results import KINDS, ResultRow
 
-GATE_TYPES = ("feature", "direction", "probe")
+GATE_TYPES = ("feature", "direction", "probe", "fitted")
 CLAMP_UNITS = ("absolute", "max")
 GRID_FORMAT = "saesteer.sweep_grid.v1"
 
@@ -50,8 +50,9 @@ class SweepConfig:
     gate: str = opt(
         "direction",
         "gate of conditional steering: direction (projection on the difference-in-means direction), "
-        "feature (an SAE latent; see --gate-feature) or probe (a linear harm probe the caller fits); several "
-        "comma-separated run side by side, each optionally with its reduction, e.g. probe:mean,direction:last",
+        "feature (an SAE latent; see --gate-feature), probe (a linear harm probe the caller fits) or fitted (the "
+        "best of saesteer.gating's variants, with its own dev threshold); several comma-separated run side by "
+        "side, each optionally with its reduction, e.g. probe:mean,direction:last",
     )
     gate_feature: int | None = opt(None, "SAE latent read by a feature gate (default: the first refusal feature)")
     gate_threshold: float | None = opt(None, "gate threshold (default: calibrated on harmless dev prompts)")

@@ -20,11 +20,15 @@ from saesteer.evaluation.safety import refusal_rate
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.pipeline import FeaturePrompts, find_features
 from saesteer.features.report import FeatureReport
+from saesteer.gating import load_gate
+from saesteer.gating.fit import FitGateConfig, fit_gate, gate_dev_data
+from saesteer.gating.variants import variant_table
+from saesteer.model.adapter import HookPoint
 from saesteer.model.generation import GenerationConfig
 from saesteer.model.loading import LoadedModel
 from saesteer.stages import StageRunner
 from saesteer.steering.direction import RefusalDirection, compute_refusal_direction
-from saesteer.steering.gate import ProjectionScorer, fit_probe, prompt_activations
+from saesteer.steering.gate import Gate, ProjectionScorer, fit_probe, prompt_activations
 from saesteer.study.config import StudyConfig
 from saesteer.study.design import Condition
 from saesteer.study.prompts import StudyPrompts, digest
@@ -76,6 +80,51 @@ def stage_gate_probe(
     return runner.run(
         "gate_probe", inputs, run, lambda f: ProjectionScorer.load(f / "probe.safetensors")[0], code=("steering",)
     )
+
+
+@dataclass(frozen=True)
+class FittedGate:
+    """saesteer.gating's chosen gate variant and the comparison it won (a report table)."""
+
+    gate: Gate
+    name: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def gate_layers(hook: str) -> list[int]:
+    """The layers the gate variants read: half, three quarters of the way to the steering layer, and at it."""
+    layer = HookPoint.parse(hook).layer
+    return sorted({layer // 2, (3 * layer) // 4, layer})
+
+
+def stage_gate_fit(
+    runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, prompts: StudyPrompts, trained: TrainedSAE
+) -> FittedGate:
+    """Compare saesteer.gating's gate variants on the gate's dev prompts; keep the best (threshold set on dev)."""
+    data = gate_dev_data(cfg.data_dir, n=cfg.dev.probe_n, seed=cfg.seed, registry=prompts.registry)
+    fcfg = FitGateConfig(layers=gate_layers(cfg.hook), judge=False, batch_size=cfg.generation.batch_size)
+    specs = fcfg.specs(trained.sae.cfg.hook_name)
+
+    def run(folder: Path) -> FittedGate:
+        res = fit_gate(lm.model, lm.tokenizer, data, specs, out=folder / "gate.safetensors", objective=fcfg.objective(),
+                       sae=trained.sae, sae_dir=trained.folder, model_name=lm.spec, batch_size=fcfg.batch_size)  # fmt: skip
+        headers, rows = variant_table(res.results)
+        atomic_write_json(
+            folder / "comparison.json", {"chosen": res.chosen.spec.name, "headers": headers, "rows": rows}
+        )
+        return load(folder)
+
+    def load(folder: Path) -> FittedGate:
+        import json
+
+        d = json.loads((folder / "comparison.json").read_text())
+        gate = load_gate(folder / "gate.safetensors", sae=trained.sae)
+        return FittedGate(gate, d["chosen"], d["headers"], d["rows"])
+
+    inputs = {"model": lm.spec, "sae": str(trained.folder), "specs": [sp.name for sp in specs],
+              "prompts": digest(data.harmful + data.hard + data.alpaca), "objective": [fcfg.lam_hard, fcfg.lam_alpaca]}  # fmt: skip
+    return runner.run("gate_fit", inputs, run, load, code=("gating", "steering"))
 
 
 def features_config(cfg: StudyConfig, trained: TrainedSAE, corpus: Corpus) -> FindFeaturesConfig:

@@ -28,7 +28,7 @@ from saesteer.report.results import ResultsTable
 from saesteer.stages import StageRunner
 from saesteer.study.config import StudyConfig
 from saesteer.study.design import Condition
-from saesteer.study.dev_stages import Choice
+from saesteer.study.dev_stages import Choice, FittedGate
 from saesteer.study.prompts import StudyPrompts
 from saesteer.study.publish import mark
 from saesteer.study.sae_stages import TrainedSAE
@@ -114,6 +114,12 @@ def choice_table(choice: Choice) -> Table:
                                            "chosen"], rows, note)  # fmt: skip
 
 
+def gate_table(fitted: FittedGate) -> Table:
+    note = (f"The fitted gate is {fitted.name}: the variant with the best dev objective (missed harmful prompts "
+            "plus weighted firings on look-alikes and Alpaca), its threshold set on the dev calibration half.")  # fmt: skip
+    return Table("Gate variants (dev)", fitted.headers, fitted.rows, note)
+
+
 def splits_table(splits: Mapping[str, Any]) -> Table:
     purposes = splits.get("purposes", {})
     overlap = check_disjoint(splits)
@@ -128,12 +134,13 @@ def splits_table(splits: Mapping[str, Any]) -> Table:
 def seeds_table(summary: Mapping[str, Any]) -> Table:
     rows = [
         [str(r["seed"]), _num(r["feature"]), _pct(r["unsafe_refusal"]), _pct(r["safe_refusal"]),
-         f"{100 * r['gain']:+.1f}" if math.isfinite(r["gain"]) else "n/a", _num(r["over_refusal"]),
+         f"{100 * r['gain']:+.1f}" if math.isfinite(r["gain"]) else "n/a",
+         _num(r["over_refusal"]) if math.isfinite(r["over_refusal"]) else "n/a",
          _num(r["cos_first"]), "yes" if r["same_feature"] else "no"]
         for r in summary["seeds"]
     ]  # fmt: skip
     headers = ["seed", "feature", "unsafe refusal", "safe refusal", "gain (pts)", "over-refusal ratio",
-               "cos to seed 1", "same feature"]  # fmt: skip
+               "cos to first seed", "same feature"]  # fmt: skip
     return Table("Seeds", headers, rows, f"Same feature: the same index or decoder cosine > {summary['match_cosine']}.")
 
 
@@ -166,7 +173,8 @@ def throughput(tokenizer: Any, cache_path: Path, table: ResultsTable) -> str:
 def write_study_report(
     report_dir: Path, *, lm: LoadedModel, cfg: StudyConfig, table: ResultsTable, grid: list[Condition],
     choice: Choice, features: FeatureReport, trained: TrainedSAE, sae_metrics: Mapping[str, Any],
-    prompts: StudyPrompts, runner: StageRunner, seed_runs: list[SeedRun], wall_seconds: float,
+    prompts: StudyPrompts, runner: StageRunner, seed_runs: list[SeedRun], fitted: FittedGate | None,
+    wall_seconds: float,
 ) -> None:  # fmt: skip
     """Write the report and its provenance files into ``report_dir`` (marked as a saesteer report)."""
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +197,7 @@ def write_study_report(
         title=f"saesteer reproduce: {lm.spec}, profile {cfg.profile}",
         setup=[Table("Model", ["field", "value"], model_rows), sae_table(trained, sae_metrics),
                *features_tables(features), choice_table(choice), splits_table(splits)],
-        details=[*([seeds_table(seeds)] if seeds else []),
+        details=[*([seeds_table(seeds)] if seeds else []), *([gate_table(fitted)] if fitted else []),
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
         stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,
         notes=[f"Total wall time of this run: {wall_seconds:.0f} s (stages served from the cache count their "

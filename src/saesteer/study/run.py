@@ -8,7 +8,7 @@
                 (the unsteered responses to harmless dev prompts, also the text of the KL / CE measure)
  6. direction    the difference-in-means refusal direction (dev)
  7. features     refusal-feature discovery and a verified-neutral control (dev)
- 8. gate_probe   the harm probe of a probe gate (dev)
+ 8. gates        the fitted gate (saesteer.gating's best variant) and the harm probe of a probe gate (dev)
  9. choice       the headline clamp value and gate, chosen on dev prompts
 10. capability   benchmark test items, drawn from the split registry
 11. sweep        every condition scored on the test prompts
@@ -62,8 +62,12 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     gates = study_gates(cfg, real)
     probe_reduce = next((g.partition(":")[2] for g in gates if g.startswith("probe:")), None)
     probe = dev.stage_gate_probe(runner, lm, cfg, prompts, probe_reduce) if probe_reduce else None  # 8
-    grid = study_grid(cfg, features, trained.sae, gates)
-    ctx = sweep_context(lm, cfg, trained.sae, direction, prompts, probe, runner.root / "completions.jsonl")
+    fitted = dev.stage_gate_fit(runner, lm, cfg, prompts, trained) if "fitted" in gates else None
+    fit_id = runner.folders["gate_fit"].name if fitted else None
+    grid = study_grid(cfg, features, trained.sae, gates, fit_id)
+    ctx = sweep_context(
+        lm, cfg, trained.sae, direction, prompts, probe, root / "completions.jsonl", fitted.gate if fitted else None
+    )
     choice = dev.stage_choice(runner, lm, cfg, prompts, grid, lambda c: build_steering(ctx, c))  # 9
     scored = dev.test_grid(grid, choice)
     ctx.capability_data = cap.capability_data(cfg, prompts, real)  # 10
@@ -72,13 +76,13 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     table = stage_sweep(runner, ctx, scored, choice, features)  # 11
     seed_runs = [SeedRun.of(cfg.seed, features, trained.sae, table, choice)]
     if cfg.seeds > 1:  # 12
-        seed_runs += stage_seeds(runner, lm, cfg, acts, corpus, prompts, direction, probe, choice, grid)
+        seed_runs += stage_seeds(runner, lm, cfg, acts, corpus, prompts, direction, choice, grid)
 
     report_dir = root / "report"  # 13
     write_study_report(
         report_dir, lm=lm, cfg=cfg, table=table, grid=scored, choice=choice, features=features,
         trained=trained, sae_metrics=metrics, prompts=prompts, runner=runner, seed_runs=seed_runs,
-        wall_seconds=time.time() - t_all,
+        fitted=fitted, wall_seconds=time.time() - t_all,
     )  # fmt: skip
     if cfg.report_dir:
         print(f"report published to {publish_report(report_dir, Path(cfg.report_dir))}")

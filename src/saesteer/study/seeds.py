@@ -23,7 +23,6 @@ from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
 from saesteer.stages import StageRunner
 from saesteer.steering.direction import RefusalDirection
-from saesteer.steering.gate import ProjectionScorer
 from saesteer.study import dev_stages as dev
 from saesteer.study import sae_stages as sae_st
 from saesteer.study.config import StudyConfig
@@ -104,7 +103,6 @@ def stage_seeds(
     corpus: sae_st.Corpus,
     prompts: StudyPrompts,
     direction: RefusalDirection,
-    probe: ProjectionScorer | None,
     choice: dev.Choice,
     grid: list[Condition],
 ) -> list[SeedRun]:
@@ -119,7 +117,7 @@ def stage_seeds(
             continue
         one = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, clamp_values=[_multiple(clamp)]))
         seed_grid = [c for c in study_grid(one, features, trained.sae, []) if c.kind == "refusal_feature"]
-        ctx = sweep_context(lm, one, trained.sae, direction, prompts, probe, Path(runner.root) / "unused.jsonl")
+        ctx = sweep_context(lm, one, trained.sae, direction, prompts, None, Path(runner.root) / "unused.jsonl")
         seed_choice = dev.Choice(seed_grid[0].name, None, {})
         table = stage_sweep(runner, ctx, seed_grid, seed_choice, features, name=f"sweep_seed{seed}", safety_only=True)
         runs.append(SeedRun.of(seed, features, trained.sae, table, seed_choice))

@@ -61,11 +61,16 @@ class SweepContext:
     safety_only: bool = False
     log: Callable[[str], None] = print
     probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate, fit at cfg.hook
+    fitted: Gate | None = None  # the "fitted" gate: saesteer.gating's best variant, threshold set on dev
 
 
 def build_gate(ctx: SweepContext, g: Mapping[str, Any]) -> Gate:
     """A condition's gate, its threshold calibrated on the harmless calibration prompts when not given."""
     scorer: Any
+    if g["type"] == "fitted":
+        if ctx.fitted is None:
+            raise SaesteerError("a fitted gate needs saesteer.gating.fit_gate's result; run the gate_fit stage")
+        return ctx.fitted
     if g["type"] == "feature":
         scorer, hook = FeatureScorer(ctx.sae, int(g["feature"])), ctx.sae.cfg.hook_name
     elif g["type"] == "probe":

@@ -18,7 +18,7 @@ from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
 from saesteer.stages import StageRunner, stable_hash
 from saesteer.steering.direction import RefusalDirection
-from saesteer.steering.gate import ProjectionScorer
+from saesteer.steering.gate import Gate, ProjectionScorer
 from saesteer.study import dev_stages as dev
 from saesteer.study.config import StudyConfig
 from saesteer.study.design import Condition, build_grid, gate_types
@@ -31,7 +31,7 @@ def study_gates(cfg: StudyConfig, real: bool) -> list[str]:
     gates = []
     for g in gate_types(cfg.sweep):
         kind, _, red = g.partition(":")
-        gates.append(f"{kind}:{red or ('mean' if kind == 'probe' else 'last')}")
+        gates.append(kind if kind == "fitted" else f"{kind}:{red or ('mean' if kind == 'probe' else 'last')}")
     if not real and any(g.startswith("probe:") for g in gates):
         print(
             "saesteer: note: no data directory, so no dev prompts disjoint from the built-in test suites to fit a "
@@ -41,7 +41,9 @@ def study_gates(cfg: StudyConfig, real: bool) -> list[str]:
     return gates
 
 
-def study_grid(cfg: StudyConfig, features: FeatureReport, sae: SAE, gates: list[str]) -> list[Condition]:
+def study_grid(
+    cfg: StudyConfig, features: FeatureReport, sae: SAE, gates: list[str], fit_id: str | None = None
+) -> list[Condition]:
     """The conditions: baseline, the refusal clamps, the control at the strongest clamp, every clamp behind each
     gate (the dev choice keeps the chosen clamp's), and the direction baseline."""
     refusal = [features.refusal_feature] if features.refusal_feature is not None else []
@@ -50,7 +52,12 @@ def study_grid(cfg: StudyConfig, features: FeatureReport, sae: SAE, gates: list[
     scfg = dataclasses.replace(
         cfg.sweep, control_values=[max(cfg.sweep.clamp_values)], conditional=bool(gates), gate=",".join(gates)
     )
-    return build_grid(scfg, refusal, control, feature_max={f: v for f, v in fmax.items() if v is not None})
+    grid = build_grid(scfg, refusal, control, feature_max={f: v for f, v in fmax.items() if v is not None})
+    # a fitted gate is named by its stage folder, so a refit is another condition (another cache key)
+    return [
+        dataclasses.replace(c, gate={**c.gate, "fit": fit_id}) if c.gate and c.gate["type"] == "fitted" else c
+        for c in grid
+    ]
 
 
 def sweep_context(
@@ -61,11 +68,11 @@ def sweep_context(
     prompts: StudyPrompts,
     probe: ProjectionScorer | None,
     cache_path: Path,
-    capability: set[str] | None = None,
+    fitted: Gate | None = None,
 ) -> SweepContext:
     return SweepContext(
         lm.model, lm.tokenizer, lm.spec, sae, direction, cfg, prompts, dev.calibration_prompts(prompts),
-        CompletionCache(cache_path), capability or set(), probe=probe,
+        CompletionCache(cache_path), set(), probe=probe, fitted=fitted,
     )  # fmt: skip
 
 
