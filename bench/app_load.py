@@ -101,15 +101,26 @@ def load_sae(args: argparse.Namespace, d_model: int) -> tuple[Any, str, str]:
 
 
 def direct_rate(state: Any, body: dict[str, Any]) -> float:
-    """Tokens/s of one in-process generation of the same rows (no server): the baseline."""
+    """Tokens/s of an in-process generation of the same rows (no server): the baseline. It runs in a worker
+    thread, as the server's generations do: on an oversubscribed CPU the main thread's OpenMP team can be
+    several times slower, which would flatter the server."""
     from saesteer.app.generation import run_generation
     from saesteer.app.schemas import GenerateIn, to_request
 
-    with state.model_lock:
-        for _ in range(2):  # the first call warms up (allocations, kernel choice); time the second
-            summary = run_generation(state.model, state.tokenizer, state.sae, to_request(state, GenerateIn(**body)),
-                                     lambda ev: None)  # fmt: skip
-    return float(summary["tokens_per_s"])
+    rates: list[float] = []
+
+    def work() -> None:
+        with state.model_lock:
+            for _ in range(2):  # the first call warms up (allocations, kernel choice); time the second
+                req = to_request(state, GenerateIn(**body))
+                rates.append(
+                    float(run_generation(state.model, state.tokenizer, state.sae, req, lambda ev: None)["tokens_per_s"])
+                )
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return rates[-1]
 
 
 def main() -> int:

@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--chats", type=int, default=96, help="conversations mixed into the harvest")
     ap.add_argument("--eval-chats", type=int, default=32, help="other conversations, for the chat fidelity")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="response length of the conversations")
+    ap.add_argument("--held-out-tokens", type=int, default=16_384)
+    ap.add_argument("--epochs", type=int, default=1, help="SAE training passes over the harvested tokens")
     ap.add_argument("--ft-tokens", type=int, default=32_768)
     ap.add_argument("--ft-lr", type=float, default=1e-4)
     ap.add_argument("--eval-texts", type=int, default=32)
@@ -60,21 +62,23 @@ def main() -> None:
     chat_eval = build_chat_data(lm.model, tok, prompts[args.chats :], out / "chat_eval.jsonl", gen)
     corpus = str(Path(args.data_dir) / "corpus" / "english_mix_corpus.jsonl.gz")
     hcfg = HarvestConfig(out_dir=str(out / "acts"), hook=args.hook, corpus=[corpus], n_tokens=args.n_tokens,
-                         held_out_tokens=16_384, shard_tokens=65_536, batch_size=16, chat_fraction=0.25)  # fmt: skip
+                         held_out_tokens=args.held_out_tokens, shard_tokens=65_536, batch_size=16, chat_fraction=0.25)  # fmt: skip
     t0 = time.perf_counter()
     harvest(lm.model, tok, hcfg, lm.spec, chat=chat)
     harvest_s = time.perf_counter() - t0
-    tcfg = TrainConfig(k=args.k, d_sae=args.d_sae, total_tokens=args.n_tokens, batch_size=2048, lr=2e-3,
-                       out_dir=str(out / "sae_mse"), dead_window=16_384, progress=False)  # fmt: skip
+    tcfg = TrainConfig(k=args.k, d_sae=args.d_sae, total_tokens=args.epochs * args.n_tokens, batch_size=2048, lr=2e-3,
+                       out_dir=str(out / "sae_mse"), dead_window=args.held_out_tokens, progress=False)  # fmt: skip
     trained = train_from_cache(tcfg, hcfg.out_dir)
     sae = load_sae(trained.sae_dir, dtype="float32")
     assert isinstance(sae, TopKSAE)
-    ecfg = SaeEvalConfig(n_texts=args.eval_texts, n_chats=args.eval_chats, held_out_tokens=16_384, batch_size=4)
+    ecfg = SaeEvalConfig(
+        n_texts=args.eval_texts, n_chats=args.eval_chats, held_out_tokens=args.held_out_tokens, batch_size=4
+    )
     store = ActivationStore(hcfg.out_dir)
     t0 = time.perf_counter()
     before = evaluate_sae(lm.model, tok, sae, ecfg, store=store, corpus=corpus, conversations=chat_eval)
     eval_s = time.perf_counter() - t0
-    fcfg = FinetuneConfig(tokens=args.ft_tokens, lr=args.ft_lr, out_dir=str(out / "ft_ckpt"))
+    fcfg = FinetuneConfig(tokens=args.ft_tokens, lr=args.ft_lr, warmup_steps=2, out_dir=str(out / "ft_ckpt"))
     windows = windows_after_harvest(hcfg.out_dir, tok, chat)
     res = finetune_kl(lm.model, sae, windows, fcfg, pad_id=tok.pad_token_id or 0)
     save_sae(res.sae, out / "sae_kl")

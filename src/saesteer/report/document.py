@@ -120,7 +120,9 @@ def _headline(data: ReportData, derived: Sequence[Derived]) -> Section:
             fmt_pts(d.safety_gain), over, fmt_pts(d.capability_loss),
             "-" if name == "baseline" else fmt_cell(t.get(name, "kl")),
         ])  # fmt: skip
-    methods = sorted({e.method for d in derived for e in (d.safety_gain, d.capability_loss) if e is not None})
+    methods = sorted(
+        {e.method for d in derived for e in (d.safety_gain, d.capability_loss) if e is not None} - {"reference"}
+    )
     how = "chosen on dev prompts" if (data.headline and data.headline.dev) else "first in the grid"
     sec = Section(
         "Headline",

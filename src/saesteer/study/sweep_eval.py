@@ -19,7 +19,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluation.capability import CapabilityData, run_capability
 from saesteer.evaluation.datasets import has_data
 from saesteer.evaluation.divergence import steering_divergence
-from saesteer.evaluation.humaneval import score_humaneval
+from saesteer.evaluation.humaneval import chat_prompt, score_humaneval
 from saesteer.evaluation.multiturn import run_multiturn
 from saesteer.evaluation.safety import CompletionCache, refusal_rate
 from saesteer.model.generation import GenerationConfig
@@ -201,6 +201,11 @@ def _humaneval(ctx: SweepContext, cond: Condition, steering: Steering | None, ta
             batch_size=cfg.generation.batch_size,
         )  # fmt: skip
     _benchmark_row(table, cond, "humaneval", r)
+    if steering is not None and steering.gate is not None:  # the gate decides per problem from its chat prompt
+        bs = cfg.generation.batch_size
+        texts = [chat_prompt(p) for p in ctx.humaneval]
+        fired = steering.gate.decide(prompt_scores(ctx.model, ctx.tokenizer, texts, steering.gate, bs))
+        table.add(cond.rate_row("gate_firing:humaneval", int(fired.sum()), len(texts), ["humaneval"]), replace=True)
     ctx.log("  " + r.summary())
 
 
