@@ -6,8 +6,8 @@ Serves the app (uvicorn, 127.0.0.1, a free port) in this process, fires ``--n`` 
 ``POST /api/generate`` requests (baseline, steered and gated rows each), and waits at most
 ``--timeout`` seconds in all; then stops by itself. Success: the server survives, every request is
 answered (a complete event stream) or refused with 503, and none hangs. Prints the p50/p95 time to
-first token of the answered requests, their tokens/s, and the ratio of the server's decode rate to a
-direct in-process generation of the same rows measured in the same run (the baseline).
+first token of the answered requests, their tokens/s, and the ratio of their decode rate to that of a
+single request on the idle server measured in the same run (the baseline).
 Without ``--sae`` a random Top-k SAE at ``--hook`` is used (the load does not depend on its weights).
 """
 
@@ -100,29 +100,6 @@ def load_sae(args: argparse.Namespace, d_model: int) -> tuple[Any, str, str]:
     return sae, path, "random Top-k (d_sae 1024, k 32)"
 
 
-def direct_rate(state: Any, body: dict[str, Any]) -> float:
-    """Tokens/s of an in-process generation of the same rows (no server): the baseline. It runs in a worker
-    thread, as the server's generations do: on an oversubscribed CPU the main thread's OpenMP team can be
-    several times slower, which would flatter the server."""
-    from saesteer.app.generation import run_generation
-    from saesteer.app.schemas import GenerateIn, to_request
-
-    rates: list[float] = []
-
-    def work() -> None:
-        with state.model_lock:
-            for _ in range(2):  # the first call warms up (allocations, kernel choice); time the second
-                req = to_request(state, GenerateIn(**body))
-                rates.append(
-                    float(run_generation(state.model, state.tokenizer, state.sae, req, lambda ev: None)["tokens_per_s"])
-                )
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    return rates[-1]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default")
@@ -151,8 +128,14 @@ def main() -> int:
         return {"prompt": PROMPTS[i % len(PROMPTS)], "features": [{"feature": 1 + i % 5, "value": 5.0}],
                 "gate": {"enabled": True}, "max_new_tokens": args.max_new_tokens}  # fmt: skip
 
-    base_rate = direct_rate(state, body(0))
     server, base = start_server(create_app(state))
+    alone = asyncio.run(fire(base, 1, body, args.timeout))[0]  # warm-up: first allocations, kernel choice
+    alone = asyncio.run(fire(base, 1, body, args.timeout))[0]  # the baseline: one request on the idle server
+    if not alone["end"] or alone["end"]["kind"] != "end":
+        print(f"FAILURE: a single request did not complete: {alone}")
+        server.should_exit = True
+        return 1
+    base_rate = float(alone["end"]["tokens_per_s"])
     t0 = time.perf_counter()
     results = asyncio.run(fire(base, args.n, body, args.timeout))
     wall = time.perf_counter() - t0
@@ -182,7 +165,8 @@ def main() -> int:
             f"tokens/s per request (3 rows): p50 {statistics.median(rates):.1f}; all answered: {tokens / wall:.1f} tok/s"
         )
         print(
-            f"direct in-process baseline: {base_rate:.1f} tok/s; server/direct ratio {statistics.median(rates) / base_rate:.2f}"
+            f"baseline, one request alone (same run): {base_rate:.1f} tok/s, first token {alone['ttft']:.2f} s; "
+            f"p50 tokens/s under load / alone: {statistics.median(rates) / base_rate:.2f}"
         )
     for r in other[:3]:
         print(f"  unexpected: {r}")

@@ -24,6 +24,11 @@ def main() -> int:
     ap.add_argument("--out", default="docs/app")
     ap.add_argument("--prompt", default="How do I pick a lock?")
     ap.add_argument("--feature", type=int, default=None, help="feature to show (default: the most frequent live one)")
+    ap.add_argument("--value", type=float, default=None, help="clamp value (default: the page's 4x observed max)")
+    ap.add_argument(
+        "--gate-feature", type=int, default=None, help="gate feature (default: the most frequent other one)"
+    )
+    ap.add_argument("--gate-threshold", type=float, default=0.0)
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--n-windows", type=int, default=48)
     args = ap.parse_args()
@@ -49,7 +54,7 @@ def main() -> int:
     assert stats is not None
     order = stats.freq.argsort(descending=True).tolist()
     feature = args.feature if args.feature is not None else next(f for f in order if 0 < stats.freq[f] < 0.2)
-    gate_feature = next(f for f in order if f != feature)
+    gate_feature = args.gate_feature if args.gate_feature is not None else next(f for f in order if f != feature)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -67,9 +72,14 @@ def main() -> int:
         d.find_element(By.ID, "fp-steer").click()
         wait_for(d, "#pg-features .feat .f-id")
         set_value(d, "pg-prompt", args.prompt)
+        if args.value is not None:
+            value = d.find_element(By.CSS_SELECTOR, "#pg-features .feat .f-value")
+            value.clear()
+            value.send_keys(str(args.value))
+            d.execute_script("arguments[0].dispatchEvent(new Event('change'))", value)
         d.find_element(By.ID, "gate-enabled").click()
         set_value(d, "gate-feature", str(gate_feature))
-        set_value(d, "gate-threshold", "0")
+        set_value(d, "gate-threshold", str(args.gate_threshold))
         set_value(d, "pg-max", str(args.max_new_tokens))
         wait_text(d, "#pg-command", "--gate")
         d.find_element(By.ID, "pg-run").click()

@@ -82,8 +82,8 @@ def test_gate_file_from_fit_gate(tiny_chat: Any, app_files: Any, tmp_path: Path)
     from fastapi.testclient import TestClient
 
     from saesteer.app.server import create_app
-    from saesteer.gating.gatefile import save_gate
     from saesteer.steering.gate import Gate
+    from saesteer.steering.gatefile import save_gate
 
     torch.manual_seed(1)
     w = torch.randn(32)

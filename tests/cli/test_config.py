@@ -97,6 +97,27 @@ def test_reproduce_profile_from_file_then_flags(tmp_path: Path) -> None:
     assert parse(command("reproduce"), ["--profile", "tiny"]).study == tiny
 
 
+def test_reproduce_hides_the_flags_the_study_sets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fields in STUDY_OWNED have no flag: --help leaves them out, a flag for one says what to set instead,
+    and a file that names one still reaches the study's own check; the neighbouring fields keep their flags."""
+    from saesteer.study.config import STUDY_OWNED
+
+    with pytest.raises(SystemExit):
+        parse(command("reproduce"), ["--help"])
+    help_text = capsys.readouterr().out
+    flags = {w.strip("│ ,") for w in help_text.split() if w.startswith("--")}
+    owned = {"--" + dotted.replace("_", "-") for dotted in STUDY_OWNED}
+    assert len(owned) == len(STUDY_OWNED) >= 20 and not owned & flags
+    assert {"--harvest.n-tokens", "--train.d-sae", "--features.n-harmful", "--out-dir", "--seed"} <= flags
+    with pytest.raises(SaesteerError, match=r"^--train\.seed: train\.seed is set by the study; set seed instead$"):
+        parse(command("reproduce"), ["--profile", "tiny", "--train.seed=3"])
+    (tmp_path / "s.yaml").write_text("study:\n  profile: tiny\n  features:\n    sae: elsewhere\n")
+    cfg = parse(command("reproduce"), ["--config", str(tmp_path / "s.yaml")])
+    assert cfg.study.features.sae == "elsewhere"
+    with pytest.raises(SaesteerError, match="features.sae is set by the study; set sae instead"):
+        cfg.study.validate()
+
+
 def test_harvest_records_every_option(ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The model and the chat options, outside the harvest config before, are in resolved_config.json too."""
     corpus = tmp_path / "corpus.txt"

@@ -95,3 +95,19 @@ def test_fit_gate_command(chat_model, qwen_tokenizer, tmp_path, capsys):  # type
     assert head.hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
     assert "written to" in capsys.readouterr().out
     assert main([*argv[:-2], "--out", str(out), "--variant", "judge"]) == 2  # the judge is not a steering-hook gate
+
+
+def test_gate_dev_data_is_dev_only_and_leaves_do_not_answer_unseen() -> None:
+    from saesteer.evaluation.datafiles import data_dir
+    from saesteer.evaluation.splits import SplitRegistry, text_hash
+    from saesteer.gating import gate_dev_data
+
+    if data_dir() is None:
+        pytest.skip("no data directory (set SAESTEER_DATA_DIR)")
+    reg = SplitRegistry()
+    data = gate_dev_data(n=40, seed=1, registry=reg)
+    assert (len(data.harmful), len(data.hard), len(data.alpaca)) == (40, 40, 40)
+    used = {text_hash(t) for role in ("harmful", "hard", "alpaca") for t in data.role(role)}
+    assert not used & reg.test_universe()  # no prompt of any test split
+    assert not used & {text_hash(p.text) for p in reg.part("donotanswer", "dev")}  # the unseen set stays unseen
+    assert reg.to_json()["purposes"]["gate"]["counts"]["xstest:safe"] > 0

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.gating.scorers import LatentProbeScorer, diff_in_means, fit_sparse_probe
+from saesteer.gating.scorers import diff_in_means, fit_sparse_probe
+from saesteer.steering.gate import LatentProbeScorer
 from tests.steering.helpers import tiny_sae
 
 

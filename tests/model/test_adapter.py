@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import SUPPORTED, ArchAdapter, HookPoint
+from saesteer.model.adapter import SUPPORTED, ArchAdapter, HookPoint, StopForward
 from tests.conftest import TINY_CONFIGS, tiny_model
 
 
@@ -33,8 +33,94 @@ def test_hook_points_and_truncated_forward(any_tiny_model) -> None:
         torch.testing.assert_close(trunc_post, full_post, rtol=0, atol=0)
         if layer + 1 < a.n_layers:  # the last hidden state is taken after the final norm
             torch.testing.assert_close(full_post, hs[layer + 1], rtol=1e-6, atol=1e-6)
+
+
+GEMMA = {"gemma2", "gemma3_text"}  # these normalise the attention and MLP outputs before each residual add
+
+
+def _attention(layer: torch.nn.Module) -> torch.nn.Module:
+    for name in ("self_attn", "attn", "attention"):
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    raise AssertionError(f"no attention module in {type(layer).__name__}")
+
+
+def test_mlp_out_is_the_residual_update_less_attention(any_tiny_model) -> None:
+    """mlp_out.L, recomputed without the MLP module: h_{L+1} - h_L - attention output (the MLP's share of the
+    layer's residual update; Gemma: after its post-MLP norm). Hidden states and attention outputs come from
+    the model's own outputs and a plain torch hook, not from the adapter."""
+    a = ArchAdapter(any_tiny_model)
+    ids, mask = _inputs()
+    attn_out: dict[int, torch.Tensor] = {}
+    handles = [
+        _attention(layer).register_forward_hook(lambda _m, _a, out, i=i: attn_out.__setitem__(i, out[0]))
+        for i, layer in enumerate(a.layers)
+    ]
+    try:
+        with torch.no_grad():
+            hs = any_tiny_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    finally:
+        for h in handles:
+            h.remove()
+    gemma = a.model_type in GEMMA
+    for layer in range(a.n_layers - 1):  # the last hidden state is taken after the final norm
+        block = a.layers[layer]
+        attn = block.post_attention_layernorm(attn_out[layer]) if gemma else attn_out[layer]
+        expected = hs[layer + 1] - hs[layer] - attn
         mlp = a.run_to(f"blocks.{layer}.hook_mlp_out", ids, mask)
-        assert mlp.shape == full_post.shape
+        with torch.no_grad():
+            got = block.post_feedforward_layernorm(mlp) if gemma else mlp
+        assert mlp.abs().max() > 1e-3  # a real update, not a zero that any capture would match
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_record_appends_every_forward_and_truncates() -> None:
+    model = tiny_model("qwen2")
+    a = ArchAdapter(model)
+    ids, mask = _inputs()
+    calls: list[int] = []
+    counter = a.layers[3].register_forward_hook(lambda *_: calls.append(1))
+    points = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out", "resid_post.1"]  # the last is the first again
+    try:
+        with a.record(points) as got:
+            logits = a.forward(ids, mask)
+            a.forward(ids[:1], mask[:1])
+        assert sorted(got) == ["blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"]
+        assert [t.shape[0] for t in got["blocks.1.hook_resid_post"]] == [2, 1]
+        assert len(calls) == 2
+        with a.record(points, truncate=True) as cut:
+            with pytest.raises(StopForward):
+                a.forward(ids, mask)
+            with pytest.raises(StopForward):
+                a.forward(ids, mask)
+        assert len(calls) == 2  # layer 3 never ran in the truncated forwards
+    finally:
+        counter.remove()
+    for name in got:
+        torch.testing.assert_close(cut[name][1], got[name][0], rtol=0, atol=0)
+    torch.testing.assert_close(a.run_full("resid_post.1", ids, mask)[1], logits, rtol=0, atol=0)
+    assert not a.model._forward_pre_hooks and not a.layers[1]._forward_hooks  # every hook removed
+
+
+def test_run_full_last_only_with_positions_from_the_mask() -> None:
+    """A left-padded row with positions from the mask gives what the same prompt gives alone; gpt2's learned
+    absolute positions make the default positions (0..seq-1, pads counted) give something else."""
+    model = tiny_model("gpt2")
+    a = ArchAdapter(model)
+    ids, _ = _inputs()
+    short = ids[1, 4:]
+    alone_act, alone = a.run_full("resid_post.2", short[None], torch.ones(1, 8, dtype=torch.long))
+    padded = ids.clone()
+    padded[1, :4] = 0
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    act, last = a.run_full("resid_post.2", padded, mask, mask_positions=True, last_only=True)
+    assert last.shape == (2, a.vocab_size)
+    torch.testing.assert_close(last[1], alone[0, -1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(act[1, 4:], alone_act[0], rtol=1e-4, atol=1e-5)
+    _, full = a.run_full("resid_post.2", padded, mask)
+    assert not torch.allclose(full[1, -1], alone[0, -1], atol=1e-3)
+    torch.testing.assert_close(a.run_full("resid_post.2", ids, None, last_only=True)[1], a.forward(ids)[:, -1])
 
 
 def test_hook_replacement_changes_logits(any_tiny_model) -> None:

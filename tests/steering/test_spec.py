@@ -106,9 +106,9 @@ def test_read_prompt_file(tmp_path: Path) -> None:
 @torch.no_grad()
 def test_gate_file_from_fit_gate(chat_model: Any, chat_tokenizer: Any, files: Path) -> None:
     """--gate FILE steers exactly the prompts the saved gate fires on."""
-    from saesteer.gating.gatefile import save_gate
     from saesteer.model.adapter import ArchAdapter
     from saesteer.steering import ProjectionScorer
+    from saesteer.steering.gatefile import save_gate
 
     rd = RefusalDirection.load(files / "d.safetensors")
     enc = chat_tokenizer(PROMPTS, return_tensors="pt", padding=True)

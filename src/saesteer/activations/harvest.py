@@ -295,7 +295,9 @@ def harvest(
                 if not tagged or w.done():
                     stop = True
                     break
-                bar.update(w.add(_Batch(acts, kind, window, int(drop.sum())), len(tagged)))
+                before = w.progress()
+                w.add(_Batch(acts, kind, window, int(drop.sum())), len(tagged))
+                bar.update(w.progress() - before)
             stop = broadcast_flag(stop or w.done())
         bar.close()
     w.finish()
@@ -326,19 +328,22 @@ class _Writer:
     def done(self) -> bool:
         return bool(self.m["shards"]) and self.train_tokens() + self.buffered() >= self.cfg.n_tokens
 
-    def add(self, batch: _Batch, n_windows: int) -> int:
-        """Take one batch's kept tokens (in stream order); write shards when due. Returns training tokens added."""
+    def progress(self) -> int:
+        """Training tokens written or buffered (0 until the held-out split is written)."""
+        return self.train_tokens() + self.buffered() if self.m["shards"] else 0
+
+    def add(self, batch: _Batch, n_windows: int) -> None:
+        """Take one batch's kept tokens (in stream order); write shards when due."""
         self.consumed += n_windows
         self.m["dropped_outliers"] += batch.dropped
         self.buf.append(batch)
         if not self.m["shards"]:
             if self.consumed < self.cfg.held_out_windows():
-                return 0
+                return
             held = self._take(lambda b: b.window < self.cfg.held_out_windows())
             self._flush(held)
         if self.buffered() >= self.cfg.shard_tokens or self.done():
             self._flush(self._take(lambda b: torch.ones_like(b.window, dtype=torch.bool)))
-        return batch.acts.shape[0] if self.m["shards"] else 0
 
     def _take(self, sel: Any) -> _Batch:
         """Remove and return the buffered tokens where ``sel(batch)`` holds."""

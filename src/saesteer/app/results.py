@@ -106,7 +106,10 @@ class StudyResults:
         f = self.sweep_dir / "inputs.json"
         if not f.is_file():
             return {}
-        data = json.loads(f.read_text())
+        try:
+            data = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}  # a torn or foreign file: the drill-down shows what it can match without the grid
         return data.get("inputs", data) if isinstance(data, dict) else {}
 
     def _grid(self) -> list[Any]:

@@ -69,7 +69,7 @@ def parse_gate(cfg: AppConfig, sae: SAE) -> GateDefault | None:
     path = Path(cfg.gate)
     if not path.is_file():
         raise SaesteerError(f"--gate {cfg.gate!r}: use feature:F>T (e.g. feature:77>3.2) or a gate file from fit-gate")
-    from saesteer.gating.gatefile import load_gate
+    from saesteer.steering.gatefile import load_gate
 
     gate = load_gate(path, device=sae.W_dec.device)
     kind = type(gate.scorer).__name__

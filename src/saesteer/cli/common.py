@@ -18,9 +18,10 @@ import dataclasses
 import inspect
 import io
 import re
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
@@ -46,6 +47,9 @@ class Command:
     # optional: the default tree from a profile name (read from --profile or the file's ``profile_key``)
     profile: Callable[[str | None], Any] | None = None
     profile_key: tuple[str, ...] = ()
+    # (dotted path, why) of nested fields that have no flag: the command sets them itself (a file may still
+    # name them; the command's own check then says why); a flag for one is an error that says why
+    hidden: tuple[tuple[str, str], ...] = ()
 
 
 def _pop_option(argv: list[str], flag: str) -> tuple[list[str], str | None]:
@@ -125,6 +129,84 @@ def one_line(tyro_error: str) -> str:
     return re.sub(r"\s+", " ", msg).strip()
 
 
+def _hidden_by_type(config: type, paths: Sequence[str]) -> dict[type, set[str]]:
+    """``{section type: names of its fields to hide}`` for dotted ``paths`` into the ``config`` tree.
+
+    tyro expands a section by its type, so a hidden field is hidden wherever its section type appears; a
+    type that appears in more than one place of the tree is refused rather than hidden everywhere."""
+    places: dict[type, list[str]] = {}
+
+    def walk(tp: type, where: str) -> None:
+        for name, sub in typing.get_type_hints(tp).items():
+            if dataclasses.is_dataclass(sub) and isinstance(sub, type):
+                places.setdefault(sub, []).append(f"{where}{name}")
+                walk(sub, f"{where}{name}.")
+
+    walk(config, "")
+    hidden: dict[type, set[str]] = {}
+    for path in paths:
+        *sections, name = path.split(".")
+        tp = config
+        for section in sections:
+            tp = typing.get_type_hints(tp)[section]
+        if len(places.get(tp, [])) > 1:
+            raise ValueError(f"cannot hide {path}: {tp.__name__} also sits at {places[tp]}")
+        if name not in {f.name for f in dataclasses.fields(tp)}:
+            raise ValueError(f"cannot hide {path}: {tp.__name__} has no field {name!r}")
+        hidden.setdefault(tp, set()).add(name)
+    return hidden
+
+
+def _flag(config: type, path: str) -> str:
+    """The flag tyro gives the field at ``path`` (sections marked :data:`FLAT` add no prefix)."""
+    parts: list[str] = []
+    tp: Any = config
+    *sections, name = path.split(".")
+    for section in sections:
+        hint = typing.get_type_hints(tp, include_extras=True)[section]
+        if FLAT not in getattr(hint, "__metadata__", ()):
+            parts.append(section)
+        tp = typing.get_type_hints(tp)[section]
+    return "--" + ".".join([*parts, name]).replace("_", "-")
+
+
+def _refuse_hidden(cmd: Command, argv: Sequence[str]) -> None:
+    why = {_flag(cmd.config, path): reason for path, reason in cmd.hidden}
+    for arg in argv:
+        if arg == "--":
+            return
+        if arg.split("=", 1)[0] in why:
+            raise SaesteerError(f"{arg.split('=', 1)[0]}: {why[arg.split('=', 1)[0]]}")
+
+
+def hiding_registry(config: type, paths: Sequence[str]) -> tyro.constructors.ConstructorRegistry:
+    """A tyro registry that expands sections as usual but suppresses the flags of the fields at ``paths``."""
+    hidden = _hidden_by_type(config, paths)
+    registry = tyro.constructors.ConstructorRegistry()
+    busy: list[type] = []
+
+    @registry.struct_rule
+    def suppress(info: tyro.constructors.StructTypeInfo) -> Any:
+        if info.type not in hidden or info.type in busy:
+            return None
+        busy.append(info.type)
+        try:
+            spec = tyro.constructors.ConstructorRegistry.get_struct_spec(info)  # the default expansion
+        finally:
+            busy.pop()
+        if not isinstance(spec, tyro.constructors.StructConstructorSpec):
+            return spec
+        fields = tuple(
+            dataclasses.replace(f, type=typing.cast(Any, Annotated[f.type, tyro.conf.Suppress]))
+            if f.name in hidden[info.type]
+            else f
+            for f in spec.fields
+        )
+        return dataclasses.replace(spec, fields=fields)
+
+    return registry
+
+
 def _description(cmd: Command) -> str:
     """The command's description, else its config tree's docstring, else its one-line help."""
     return cmd.description or inspect.cleandoc(cmd.config.__doc__ or "") or cmd.help
@@ -134,6 +216,7 @@ def parse(cmd: Command, argv: Sequence[str]) -> Any:
     """Parse ``argv`` (the words after the command name) into ``cmd``'s config tree."""
     rest, config_path = _pop_option(list(argv), "--config")
     file_values = read_config_file(config_path) if config_path else {}
+    _refuse_hidden(cmd, rest)
     default = default_tree(cmd, rest, file_values, config_path or "defaults")
     err = io.StringIO()
     try:
@@ -145,6 +228,7 @@ def parse(cmd: Command, argv: Sequence[str]) -> Any:
                 prog=f"saesteer {cmd.name}",
                 description=f"{_description(cmd)}\n\n{CONFIG_HELP}",
                 config=cmd.markers,
+                registry=hiding_registry(cmd.config, [path for path, _ in cmd.hidden]) if cmd.hidden else None,
             )
     except SystemExit as exc:
         if exc.code in (0, None):

@@ -8,7 +8,6 @@ and logit lens, from a discovery run's contexts (``--run``) or freshly encoded c
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +18,7 @@ from saesteer.cli.common import FLAT, Command, write_resolved_config
 from saesteer.config import atomic_write_text, opt
 from saesteer.errors import SaesteerError
 from saesteer.features.config import FindFeaturesConfig
+from saesteer.features.show import FeatureShowConfig
 from saesteer.model.loading import ModelConfig, load
 from saesteer.sae.base import SAE
 
@@ -31,24 +31,6 @@ class FindFeaturesCommand:
 
     model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
     find_features: Annotated[FindFeaturesConfig, FLAT] = field(default_factory=FindFeaturesConfig)
-
-
-@dataclass
-class FeatureShowConfig:
-    """What ``saesteer feature show`` reads and prints."""
-
-    sae: str = opt("", "SAE folder (SAELens layout)")
-    run: str | None = opt(None, "a find-features output folder: reuse its contexts.safetensors")
-    corpus: str | None = opt(None, "corpus file (.txt/.jsonl(.gz)) to encode; default: the data directory's corpus")
-    data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data)")
-    n_windows: int = opt(48, "corpus windows to encode when no --run is given")
-    context_len: int = opt(128, "tokens per corpus window")
-    batch_size: int = opt(16, "windows per forward pass")
-    n_contexts: int = opt(10, "top-activating contexts to show")
-    lens_k: int = opt(15, "tokens listed per side of the logit lens")
-    html: str | None = opt(None, "also write the feature card as a standalone HTML file here")
-    markdown: str | None = opt(None, "also write the feature card as Markdown here")
-    seed: int = opt(0, "seed of the corpus sample")
 
 
 @dataclass
@@ -89,55 +71,17 @@ def run_find(command: FindFeaturesCommand) -> int:
     return 0
 
 
-def _corpus_texts(cfg: FeatureShowConfig) -> list[str]:
-    """Texts to encode when no --run is given (read before the model loads, so a bad corpus fails fast)."""
-    if cfg.corpus:
-        from saesteer.activations.sources import iter_texts
-
-        texts = list(itertools.islice(iter_texts(cfg.corpus), cfg.n_windows * 4))
-    else:
-        from saesteer.evaluation.datafiles import data_dir
-
-        if data_dir(cfg.data_dir) is None:
-            raise SaesteerError(
-                "no contexts to show: pass --run DIR (a find-features output), --corpus FILE, "
-                "or --data-dir (with corpus/english_mix_corpus.jsonl.gz)"
-            )
-        from saesteer.evaluation.datasets import load_corpus_texts
-
-        texts = load_corpus_texts(n=cfg.n_windows * 2, seed=cfg.seed, data_dir=cfg.data_dir, min_chars=200)
-    if not any(t.strip() for t in texts):
-        raise SaesteerError("the corpus gave no token windows (no text in it); give a corpus with text")
-    return texts
-
-
 def run_show(command: FeatureShowCommand) -> int:
-    from saesteer.features.contexts import FILE, ContextStore, build_store, corpus_rows, sae_fingerprint
-    from saesteer.features.interpret import cards_html, describe_feature
+    from saesteer.features.interpret import cards_html
+    from saesteer.features.show import check_feature, run_contexts, show_feature, show_texts
 
     cfg = command.show
-    if command.feature_id is None:
-        raise SaesteerError("no feature given; pass its index, e.g. saesteer feature show 1234 --sae DIR")
     sae = _load_sae(cfg.sae)
-    fid = command.feature_id
-    d_sae = sae.d_sae
-    if not 0 <= fid < d_sae:
-        raise SaesteerError(f"feature {fid} out of range; this SAE has features 0..{d_sae - 1}")
-    store = None
-    if cfg.run:
-        path = Path(cfg.run) / FILE
-        store = ContextStore.load(path)
-        if store.fingerprint and store.fingerprint != sae_fingerprint(sae):
-            raise SaesteerError(f"{path} was built with another SAE; pass the run's SAE or drop --run")
-    texts = _corpus_texts(cfg) if store is None else []
+    fid = check_feature(sae, command.feature_id)
+    store = run_contexts(cfg.run, sae) if cfg.run else None
+    texts = show_texts(cfg) if store is None else None
     lm = load(command.model)
-    sae = sae.to(lm.device)
-    if store is None:
-        rows = corpus_rows(lm.tokenizer, texts, cfg.context_len, cfg.n_windows)
-        if not rows:
-            raise SaesteerError("the corpus gave no token windows; give a corpus with text in it")
-        store = build_store(lm.model, sae, rows, ["corpus"] * len(rows), batch_size=cfg.batch_size, progress=True)
-    card = describe_feature(lm.model, lm.tokenizer, sae, store, fid, cfg.n_contexts, lens_k=cfg.lens_k)
+    card = show_feature(lm.model, lm.tokenizer, sae.to(lm.device), fid, cfg, store, texts, progress=True)
     print(card.to_text())
     if cfg.html:
         atomic_write_text(cfg.html, cards_html([card], f"feature {fid}"))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from saesteer.cli.common import FLAT, Command, write_resolved_config
 from saesteer.model.loading import ModelConfig, load
-from saesteer.study.config import StudyConfig
+from saesteer.study.config import STUDY_OWNED, StudyConfig
 
 
 @dataclass
@@ -42,5 +42,8 @@ COMMANDS = [
         run,
         profile=from_profile,
         profile_key=("study", "profile"),
+        hidden=tuple(
+            (f"study.{path}", f"{path} is set by the study; set {top} instead") for path, top in STUDY_OWNED.items()
+        ),
     )
 ]

@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from saesteer.cli.common import FLAT, Command, write_resolved_config
 from saesteer.config import atomic_write_json, opt
@@ -87,16 +87,6 @@ class SaeEvalCommand:
     model: Annotated[ModelConfig, FLAT] = field(default_factory=ModelConfig)
 
 
-def check_sae_model(sae: Any, d_model: int, model_spec: str, n_layers: int) -> None:
-    """Raise if ``sae`` cannot be spliced into a model of width ``d_model``."""
-    if sae.d_in != d_model:
-        raise SaesteerError(
-            f"SAE d_in {sae.d_in} != model d_model {d_model} ({model_spec}); use an SAE trained on this model"
-        )
-    if sae.cfg.hook_layer >= n_layers:
-        raise SaesteerError(f"SAE hook {sae.cfg.hook_name} is past this model's {n_layers} layers; wrong model")
-
-
 def run_eval(c: SaeEvalCommand) -> int:
     from saesteer.activations.chat import read_chat_file
     from saesteer.activations.store import ActivationStore
@@ -119,8 +109,7 @@ def run_eval(c: SaeEvalCommand) -> int:
         corpus = c.corpus or str(require_file("corpus", CORPUS_REL, c.data_dir))
         conversations = read_chat_file(c.chat_file) if c.chat_file else None
         lm = load(c.model)
-        adapter = ArchAdapter(lm.model)
-        check_sae_model(sae, adapter.d_model, c.model.model, adapter.n_layers)
+        ArchAdapter(lm.model).check_sae(sae)
         if sae.cfg.model_name and sae.cfg.model_name not in (c.model.model, lm.spec):
             print(
                 f"saesteer: warning: the SAE was trained on {sae.cfg.model_name!r}, evaluating on {c.model.model!r}",

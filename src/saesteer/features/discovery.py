@@ -24,7 +24,7 @@ from saesteer.features import rankers as rk
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.features.contexts import FILE as CONTEXTS_FILE
 from saesteer.features.contexts import ContextStore
-from saesteer.features.reference import corpus_texts, reference_store
+from saesteer.features.reference import reference_store, run_corpus_texts
 from saesteer.features.refusal_score import RefusalTokens, ScoreCalibration
 from saesteer.features.screen import ScreenRunner, generate_judged
 from saesteer.model.adapter import ArchAdapter, HookPoint
@@ -213,7 +213,7 @@ def contexts(run: Run, paper: dict[str, Any]) -> ContextStore:
         return store
 
     fields = ("corpus_windows", "context_len", "topic_prompts")
-    corpus = stable_hash(corpus_texts(c))  # by content: an edited corpus file is a new stage
+    corpus = stable_hash(run_corpus_texts(c))  # by content: an edited corpus file is a new stage
     inputs = run.key(fields, corpus=corpus, prompts=prompt_ids(p), candidates=run.folder("candidates"))
     return run.stage("contexts", inputs, compute, lambda folder: ContextStore.load(folder / CONTEXTS_FILE))
 

@@ -37,7 +37,7 @@ from saesteer.features.interpret import FeatureCard, describe_feature
 from saesteer.features.rankers import Ranking
 from saesteer.features.refusal_score import ScoreCalibration, calibrate_score
 from saesteer.features.report import Baseline, FeatureReport, SaeInfo, Screen, clamp_mapping, ranker_comparison
-from saesteer.features.screen import CheapResult, GenResult, Rate, clamp_values, hook_point, screen_pool
+from saesteer.features.screen import CheapResult, GenResult, Rate, clamp_values, screen_pool
 from saesteer.features.summary import write_outputs
 from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE
@@ -87,9 +87,7 @@ def _setup(
     from saesteer.evaluation.judges import get_judge
 
     adapter = model if isinstance(model, ArchAdapter) else ArchAdapter(model)
-    adapter.check(hook_point(sae))
-    if sae.d_in != adapter.d_model:
-        raise SaesteerError(f"SAE d_in {sae.d_in} != model d_model {adapter.d_model}; use an SAE trained on this model")
+    adapter.check_sae(sae)
     sae = sae.to(next(adapter.model.parameters()).device).eval()
     if runner is None:
         root = Path(cfg.out) / "stages"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.features.refusal_score import RefusalTokens, length_batches, position_ids_from_mask
+from saesteer.features.refusal_score import RefusalTokens, length_batches
 from saesteer.model.adapter import ArchAdapter, HookPoint
 from saesteer.sae.base import SAE
 
@@ -164,17 +164,7 @@ def attribution_ranking(
             enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
             ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
             with torch.enable_grad():
-                try:
-                    out = net(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        position_ids=position_ids_from_mask(mask),
-                        use_cache=False,
-                        logits_to_keep=1,
-                    )
-                except TypeError:
-                    out = net(input_ids=ids, attention_mask=mask, use_cache=False)
-                score = tokens.score(out.logits[:, -1]).sum()
+                score = tokens.score(adapter.forward(ids, mask, mask_positions=True, last_only=True)).sum()
                 z = grads["z"]
                 (g,) = torch.autograd.grad(score, z)
             contrib = (g * z.detach()) * mask.unsqueeze(-1).to(g.dtype)

@@ -19,23 +19,33 @@ from saesteer.model.generation import encode_chats
 from saesteer.sae.base import SAE
 
 
-def corpus_texts(cfg: FindFeaturesConfig) -> list[str]:
-    """Corpus texts for the run's windows: ``cfg.corpus``, else the data directory's corpus, else none."""
+def corpus_texts(corpus: str | None, data_dir: str | None, n_windows: int, seed: int) -> list[str] | None:
+    """Texts for ``n_windows`` corpus windows: the first ``4 n`` texts of ``corpus`` (a file or folder), else a
+    seeded sample of ``2 n`` texts of 200+ characters from the data directory's corpus; None when there is
+    neither. A data directory without its corpus file raises."""
+    if corpus:
+        from saesteer.activations.sources import iter_texts
+
+        return list(itertools.islice(iter_texts(corpus), n_windows * 4))
+    from saesteer.evaluation.datafiles import data_dir as find_data_dir
+
+    if find_data_dir(data_dir) is None:
+        return None
+    from saesteer.evaluation.datasets import load_corpus_texts
+
+    return load_corpus_texts(n=n_windows * 2, seed=seed, data_dir=data_dir, min_chars=200)
+
+
+def run_corpus_texts(cfg: FindFeaturesConfig) -> list[str]:
+    """A discovery run's corpus texts: ``cfg.corpus``, else the data directory's corpus, else none
+    (``cfg.corpus = "none"``, or no data directory or no corpus file in it)."""
     if cfg.corpus is not None and cfg.corpus.lower() == "none":
         return []
     if cfg.corpus:
-        from saesteer.activations.sources import iter_texts
-
-        return list(itertools.islice(iter_texts(cfg.corpus), cfg.corpus_windows * 4))
-    from saesteer.evaluation.datafiles import data_dir
-
-    if data_dir(cfg.data_dir) is None:
-        return []
-    from saesteer.evaluation.datasets import load_corpus_texts
-
+        return corpus_texts(cfg.corpus, None, cfg.corpus_windows, cfg.seed) or []
     try:
-        return load_corpus_texts(n=cfg.corpus_windows * 2, seed=cfg.seed, data_dir=cfg.data_dir, min_chars=200)
-    except SaesteerError:
+        return corpus_texts(None, cfg.data_dir, cfg.corpus_windows, cfg.seed) or []
+    except SaesteerError:  # a data directory without the corpus: the run goes on without corpus windows
         return []
 
 
@@ -52,7 +62,7 @@ def reference_store(
     """Encode the run's reference rows (corpus windows, dev and topic prompts, used archetype conversations)."""
     rows: list[list[int]] = []
     sources: list[str] = []
-    texts = corpus_texts(cfg)
+    texts = run_corpus_texts(cfg)
     for w in corpus_rows(tokenizer, texts, cfg.context_len, cfg.corpus_windows) if texts else []:
         rows.append(w)
         sources.append("corpus")

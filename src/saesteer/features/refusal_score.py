@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from saesteer.errors import SaesteerError
+from saesteer.model.adapter import ArchAdapter
 
 DEFAULT_REFUSAL_WORDS: tuple[str, ...] = ("I", "Sorry", "As", "Unfortunately", "Apologies", "Cannot", "No", "My")
 DEFAULT_COMPLIANCE_WORDS: tuple[str, ...] = (
@@ -104,30 +105,16 @@ class RefusalTokens:
         return out
 
 
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch (as ``generate`` computes them): 0 at each row's first real token."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def last_logits(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token logits (batch, vocab) at the last position, computing the unembedding there only."""
-    kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
-    if attention_mask is not None:
-        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-    if inputs_embeds is not None:
-        kwargs["inputs_embeds"] = inputs_embeds
-    else:
-        kwargs["input_ids"] = input_ids
-    try:
-        out = model(**kwargs, logits_to_keep=1)
-    except TypeError:  # an architecture without logits_to_keep
-        out = model(**kwargs)
-    return out.logits[:, -1]
+    """Next-token logits (batch, vocab) at the last position of left-padded chat prompts (positions from the
+    mask, as ``generate`` numbers them), computing the unembedding there only."""
+    adapter = model if isinstance(model, ArchAdapter) else ArchAdapter(model)
+    return adapter.forward(input_ids, attention_mask, inputs_embeds=inputs_embeds, mask_positions=True, last_only=True)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

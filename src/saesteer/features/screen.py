@@ -30,7 +30,7 @@ from torch import nn
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.stats import diff_ci, wilson
 from saesteer.features.refusal_score import RefusalTokens, ScoreCalibration, last_logits, length_batches
-from saesteer.model.adapter import ArchAdapter, HookPoint
+from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE
 from saesteer.steering.interventions import ClampFeature
 from saesteer.steering.operators import Editor
@@ -87,14 +87,10 @@ class ScreenRunner:
         if len(prompts) == 0:
             raise SaesteerError("empty prompt set for the screen; give harmful and harmless dev prompts")
         self.adapter = model if isinstance(model, ArchAdapter) else ArchAdapter(model)
-        if sae.d_in != self.adapter.d_model:
-            raise SaesteerError(
-                f"SAE d_in {sae.d_in} != model d_model {self.adapter.d_model}; use an SAE trained on this model"
-            )
+        self.hook = self.adapter.check_sae(sae)
         self.sae = sae
         self.tokens = tokens
         tokens.validate(self.adapter.vocab_size)
-        self.hook = self.adapter.check(sae.cfg.hook_name)
         self.n = len(prompts)
         dev = next(self.adapter.model.parameters()).device
         self.batches: list[_Batch] = []
@@ -107,26 +103,11 @@ class ScreenRunner:
         ):
             enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
             ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-            logits, resid = self._full(ids, mask)
+            resid, logits = self.adapter.run_full(self.hook, ids, mask, mask_positions=True, last_only=True)
             self.baseline[idx] = tokens.score(logits).cpu()
             self.batches.append(_Batch(idx, ids, mask, resid))
         self.n_skip = self._skip_count() if fast else None
         self.fast = self.n_skip is not None and self._verify(self.batches[0])
-
-    @torch.no_grad()
-    def _full(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-position logits of a full forward and the activation at the hook."""
-        grabbed: list[torch.Tensor] = []
-
-        def grab(x: torch.Tensor) -> None:
-            grabbed.append(x.detach().clone())
-
-        handle = self.adapter.add_hook(self.hook, grab)
-        try:
-            logits = last_logits(self.adapter.model, ids, mask)
-        finally:
-            handle.remove()
-        return logits, grabbed[0]
 
     def median_resid_norm(self) -> float:
         """Median norm of the cached activations over real tokens (the first token of each row left out)."""
@@ -150,7 +131,7 @@ class ScreenRunner:
     def _suffix_logits(self, b: _Batch, x: torch.Tensor) -> torch.Tensor:
         assert self.n_skip is not None
         with skipped_layers(self.adapter, self.n_skip):
-            return last_logits(self.adapter.model, b.ids, b.mask, inputs_embeds=x)
+            return last_logits(self.adapter, b.ids, b.mask, inputs_embeds=x)
 
     def _verify(self, b: _Batch) -> bool:
         """Whether the suffix forward from the cached activation reproduces the full forward."""
@@ -177,7 +158,7 @@ class ScreenRunner:
 
         with Steering(self.adapter, self.sae, [iv], positions="all").apply():
             for b in self.batches:
-                out[b.index] = self.tokens.score(last_logits(self.adapter.model, b.ids, b.mask)).cpu()
+                out[b.index] = self.tokens.score(last_logits(self.adapter, b.ids, b.mask)).cpu()
         return out
 
 
@@ -348,11 +329,3 @@ def screen_pool(rankings: Sequence[Any], per_ranker: int, max_total: int) -> lis
             if r < len(ranking.features) and ranking.features[r] not in pool and len(pool) < max_total:
                 pool.append(ranking.features[r])
     return pool
-
-
-def hook_point(sae: SAE) -> HookPoint:
-    if not sae.cfg.hook_name:
-        raise SaesteerError(
-            "the SAE names no hook point (cfg.json metadata.hook_name); set it to e.g. blocks.12.hook_resid_post"
-        )
-    return HookPoint.parse(sae.cfg.hook_name)

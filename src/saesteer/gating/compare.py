@@ -22,12 +22,12 @@ import torch
 
 from saesteer.errors import SaesteerError
 from saesteer.gating.judge import judge_scores
-from saesteer.gating.readout import position_rules, readouts
-from saesteer.gating.scorers import LatentProbeScorer, diff_in_means, fit_sparse_probe
+from saesteer.gating.scorers import diff_in_means, fit_sparse_probe
 from saesteer.gating.threshold import Objective, auroc, best_under_budget, choose_threshold
 from saesteer.gating.variants import ROLES, GateData, VariantResult, VariantSpec
 from saesteer.model.adapter import ArchAdapter
-from saesteer.steering.gate import Gate, fit_probe
+from saesteer.steering.gate import Gate, LatentProbeScorer, fit_probe
+from saesteer.steering.readout import position_rules, readouts
 
 Readouts = dict[tuple[str, str], torch.Tensor]
 

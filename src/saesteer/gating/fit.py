@@ -1,7 +1,8 @@
 """Build a gate from dev data: the dev prompts of the split registry, the variant comparison, one file.
 
 Dev data (purpose ``gate`` of :class:`~saesteer.evaluation.splits.SplitRegistry`, so never a test
-prompt): harmful = HarmBench val + AdvBench dev + JBB-harmful dev; look-alikes = XSTest-safe dev +
+prompt): harmful = HarmBench val + AdvBench dev + JBB-harmful dev + XSTest-unsafe dev (questions, the contrast set of
+the look-alikes: without them a probe learns the imperative style of the behaviour sets); look-alikes = XSTest-safe dev +
 JBB-benign dev; Alpaca dev. Do-Not-Answer is left out on purpose: it stays unseen by every gate, for
 the generalisation check. Without a data directory the built-in suites stand in.
 """
@@ -17,12 +18,12 @@ from typing import Any
 from saesteer.config import opt
 from saesteer.errors import SaesteerError
 from saesteer.gating.compare import best_variant, compare_variants
-from saesteer.gating.gatefile import save_gate
 from saesteer.gating.threshold import Objective
 from saesteer.gating.variants import GateData, VariantResult, VariantSpec, default_specs
+from saesteer.steering.gatefile import save_gate
 
 DEV_SETS = {
-    "harmful": ["harmbench", "advbench", "jbb:harmful"],
+    "harmful": ["harmbench", "advbench", "jbb:harmful", "xstest:unsafe"],
     "hard": ["xstest:safe", "jbb:benign"],
     "alpaca": ["alpaca"],
 }
@@ -112,7 +113,7 @@ def fit_gate(
     log: Callable[[str], None] = lambda _m: None,
 ) -> FitResult:
     """Measure ``specs`` on ``data``; keep ``variant`` (a spec name, or ``best`` by the objective) and write
-    it to ``out`` (one safetensors file, see :mod:`saesteer.gating.gatefile`)."""
+    it to ``out`` (one safetensors file, see :mod:`saesteer.steering.gatefile`)."""
     obj = objective or Objective()
     results = compare_variants(model, tokenizer, data, specs, obj, sae=sae, batch_size=batch_size,
                                system_prompt=system_prompt, log=log)  # fmt: skip

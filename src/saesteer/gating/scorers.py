@@ -1,4 +1,4 @@
-"""Gate scorers fit from per-prompt readouts: a sparse probe on SAE latents and a difference-in-means direction.
+"""Fitting gate scorers from per-prompt readouts: a sparse probe on SAE latents, a difference-in-means direction.
 
 Sparse probe: L1-regularised logistic regression on SAE latents ``z`` (standardised on the fit data),
 
@@ -7,7 +7,7 @@ Sparse probe: L1-regularised logistic regression on SAE latents ``z`` (standardi
 solved by FISTA (proximal gradient with Nesterov momentum; the L1 prox is soft-thresholding). The
 step is ``1/L`` with ``L = ||Z||_2^2 / (4n)``, the Lipschitz constant of the logistic loss's gradient.
 A few latents get non-zero weight: the gate says which features fire. The scorer reads only those
-latents (exactly, with the SAE's full encoder for Top-k) and scores ``z_S . w_S + b`` per token.
+latents (:class:`~saesteer.steering.gate.LatentProbeScorer`) and scores ``z_S . w_S + b`` per token.
 The solver is written here (twenty lines of torch) rather than pulling in scikit-learn and SciPy.
 
 Difference in means: ``d = mean(harmful) - mean(harmless)`` of the readouts; the score is the
@@ -17,51 +17,10 @@ at the last template token (Arditi et al.) it is the *refusal* direction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.sae.base import SAE
 from saesteer.steering.gate import ProjectionScorer
-from saesteer.steering.interventions import check_feature
-from saesteer.steering.operators import make_reader
-
-
-class LatentProbeScorer:
-    """A linear score on a few SAE latents: ``z_S(x) . w + b``."""
-
-    def __init__(self, sae: SAE, features: Sequence[int], weight: torch.Tensor | Sequence[float], bias: float = 0.0):
-        feats = [int(f) for f in features]
-        if not feats:
-            raise SaesteerError("a latent probe needs at least one feature; lower the L1 penalty")
-        for f in feats:
-            check_feature("latent probe feature", f, sae.d_sae)
-        w = torch.as_tensor(weight, dtype=torch.float32).flatten()
-        if w.shape[0] != len(feats):
-            raise SaesteerError(f"latent probe: {len(feats)} features but {w.shape[0]} weights; give one per feature")
-        self.sae = sae
-        self.features = feats
-        self.weight = w
-        self.bias = float(bias)
-        self._readers: dict[torch.device, Any] = {}
-
-    @property
-    def hook_name(self) -> str:
-        return self.sae.cfg.hook_name
-
-    def validate(self, d_model: int) -> None:
-        if self.sae.d_in != d_model:
-            raise SaesteerError(f"gate SAE d_in {self.sae.d_in} != model d_model {d_model}; use this model's SAE")
-
-    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device
-        if dev not in self._readers:
-            self._readers[dev] = (make_reader(self.sae, self.features, dev, True), self.weight.to(dev))
-        read, w = self._readers[dev]
-        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        return (read(flat) @ w + self.bias).reshape(x.shape[:-1])
 
 
 def _check_xy(positive: torch.Tensor, negative: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Gate variants, the dev data they are fit on, their measured results, and the comparison table.
 
-Variant kinds (each read at a hook and a position rule, see :mod:`saesteer.gating.readout`):
+Variant kinds (each read at a hook and a position rule, see :mod:`saesteer.steering.readout`):
 
 * ``probe``: dense logistic probe, harmful vs hard negatives (XSTest-safe, JBB-benign) + Alpaca;
 * ``probe_alpaca``: the same probe fit against Alpaca only (the usual recipe);
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.gating.readout import RULES
 from saesteer.model.adapter import HookPoint
+from saesteer.steering.readout import RULES
 
 KINDS = ("probe", "probe_alpaca", "latent_probe", "harm_direction", "refusal_direction", "judge")
 ROLES = ("harmful", "hard", "alpaca")
@@ -62,7 +62,7 @@ class GateData:
         return fit_d, cal_d
 
     def provenance(self) -> dict[str, Any]:
-        from saesteer.gating.gatefile import prompts_sha256
+        from saesteer.steering.gatefile import prompts_sha256
 
         return {
             r: {"n": len(self.role(r)), "sets": self.sources.get(r, []), "sha256": prompts_sha256(self.role(r))}

@@ -2,13 +2,22 @@
 
 Named hook points follow SAELens' spelling: ``blocks.{L}.hook_resid_pre`` (input of decoder layer L),
 ``blocks.{L}.hook_resid_post`` (its output) and ``blocks.{L}.hook_mlp_out``. The short forms
-``resid_pre.L`` / ``resid_post.L`` / ``mlp_out.L`` are accepted too.
+``resid_pre.L`` / ``resid_post.L`` / ``mlp_out.L`` are accepted too. With ``h_L`` the residual stream
+entering layer L: ``resid_pre.L = h_L``, ``resid_post.L = h_{L+1}`` and ``mlp_out.L`` = the output of layer L's MLP module,
+before any post-norm and its residual add (sequential blocks: ``h_{L+1} = h_L + attn + mlp_out``).
+
+Reading activations has one primitive, :meth:`ArchAdapter.record` (a context manager that records the
+activation at the named points of every forward run inside it); :meth:`ArchAdapter.run_to` (truncated
+forward) and :meth:`ArchAdapter.run_full` (activation + logits) are built on it. Writing activations goes
+through :meth:`ArchAdapter.add_hook`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +74,13 @@ class HookPoint:
         return cls(kind, layer)
 
 
-class _StopForward(Exception):
-    """Raised inside a hook to end a truncated forward pass early."""
+class StopForward(Exception):
+    """Raised inside a recording hook to end a truncated forward pass early (see ``ArchAdapter.record``)."""
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch (as ``generate`` computes them): 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _get(root: nn.Module, path: str) -> Any:
@@ -106,6 +120,7 @@ class ArchAdapter:
         self.n_layers: int = len(self.layers)
         self.d_model: int = int(getattr(text_cfg, "hidden_size", None) or text_cfg.n_embd)
         self.vocab_size: int = int(text_cfg.vocab_size)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def hook_points(self) -> list[str]:
         """All hook point names of this model."""
@@ -119,6 +134,17 @@ class ArchAdapter:
                 f"layer {hp.layer} out of range: this {self.model_type} model has layers 0..{self.n_layers - 1}"
             )
         return hp
+
+    def check_sae(self, sae: Any) -> HookPoint:
+        """The hook point of an SAE (``d_in``, ``cfg.hook_name``) on this model; a one-line error when it
+        does not fit: another width, no hook point named, or a layer this model does not have."""
+        if sae.d_in != self.d_model:
+            raise SaesteerError(
+                f"SAE d_in {sae.d_in} != model d_model {self.d_model}; use an SAE trained on this model"
+            )
+        if not sae.cfg.hook_name:
+            raise SaesteerError("the SAE names no hook point (cfg.hook_name); set metadata.hook_name in its cfg.json")
+        return self.check(sae.cfg.hook_name)
 
     def _module(self, hp: HookPoint) -> nn.Module:
         layer: nn.Module = self.layers[hp.layer]
@@ -150,43 +176,107 @@ class ArchAdapter:
 
         return module.register_forward_hook(post_hook)
 
-    @torch.no_grad()
-    def run_to(
-        self, point: str | HookPoint, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        mask_positions: bool = False,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Truncated forward: run the model only up to ``point`` and return the activation there."""
-        captured: list[torch.Tensor] = []
+        """One forward pass without a KV cache; returns logits (batch, seq, vocab).
 
-        def grab(x: torch.Tensor) -> None:
-            captured.append(x)
-            raise _StopForward
+        ``mask_positions``: position ids from the attention mask (0 at each row's first real token, as
+        ``generate`` numbers left-padded rows) instead of the model's default ``0..seq-1``.
+        ``last_only``: logits (batch, vocab) of the last position only, the unembedding computed there only.
+        """
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
+        if mask_positions and attention_mask is not None:
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        if last_only and self._keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        logits: torch.Tensor = self.model(**kwargs).logits
+        return logits[:, -1] if last_only else logits
 
-        handle = self.add_hook(point, grab)
+    @contextlib.contextmanager
+    def record(
+        self, points: Sequence[str | HookPoint], *, clone: bool = True, truncate: bool = False
+    ) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Record the activations at ``points`` of every forward pass run inside the ``with`` block.
+
+        Yields ``{hook name: [activation of forward 1, forward 2, ...]}`` (each (batch, seq, d_model),
+        detached; ``clone=False`` keeps the model's own tensor). An activation is recorded as the model
+        uses it, i.e. after the edits of hooks added before this recording. ``truncate``: each forward
+        stops once every point has been recorded (the later layers never run);
+        :meth:`forward` then raises ``StopForward``, which :meth:`run_to` catches.
+        """
+        hps = [self.check(p) for p in points]
+        names = list(dict.fromkeys(hp.name for hp in hps))
+        got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        seen: set[str] = set()
+
+        def grab(name: str) -> Callable[[torch.Tensor], None]:
+            def hook(x: torch.Tensor) -> None:
+                got[name].append(x.detach().clone() if clone else x.detach())
+                seen.add(name)
+                if truncate and len(seen) == len(names):
+                    raise StopForward
+
+            return hook
+
+        handles = [self.model.register_forward_pre_hook(lambda *_: seen.clear())]
+        handles += [self.add_hook(hp, grab(hp.name)) for hp in {hp.name: hp for hp in hps}.values()]
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
-            pass
+            yield got
         finally:
-            handle.remove()
-        if not captured:
+            for h in handles:
+                h.remove()
+
+    def _one(self, got: dict[str, list[torch.Tensor]], point: str | HookPoint) -> torch.Tensor:
+        acts = got[HookPoint.parse(point).name]
+        if not acts:
             raise SaesteerError(
                 f"hook point {point} was never reached in this model's forward pass; "
                 "pick one that `saesteer model info` lists"
             )
-        return captured[0]
+        return acts[0]
+
+    @torch.no_grad()
+    def run_to(
+        self,
+        point: str | HookPoint,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        mask_positions: bool = False,
+    ) -> torch.Tensor:
+        """Truncated forward: run the model only up to ``point`` and return the activation there."""
+        with self.record([point], clone=False, truncate=True) as got:
+            try:
+                self.forward(input_ids, attention_mask, mask_positions=mask_positions)
+            except StopForward:
+                pass
+        return self._one(got, point)
 
     @torch.no_grad()
     def run_full(
-        self, point: str | HookPoint, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        point: str | HookPoint,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        mask_positions: bool = False,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full forward; returns (activation at ``point``, logits)."""
-        captured: list[torch.Tensor] = []
-        handle = self.add_hook(point, lambda x: captured.append(x.clone()) or None)  # type: ignore[func-returns-value]
-        try:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        finally:
-            handle.remove()
-        return captured[0], out.logits
+        """Full forward; returns (activation at ``point``, logits); the options are :meth:`forward`'s."""
+        with self.record([point]) as got:
+            logits = self.forward(input_ids, attention_mask, mask_positions=mask_positions, last_only=last_only)
+        return self._one(got, point), logits
 
     def info(self) -> dict[str, Any]:
         """Architecture, layer count, d_model, vocab size and hook points."""

@@ -194,32 +194,35 @@ class TopkLatents:
        bf16 product: 3 * 2^-9 relative to ``sum_i |x_i W_ij| <= ||x|| ||W_j||``, plus float32
        accumulation on both sides, times a 1.25 margin), so ``|T - T_lo| <= E``: the k-th order
        statistic moves no more than its inputs.
-    3. ``pre_f >= T_lo + E``: in the top k; ``pre_f < T_lo - E``: not. Rows in between (near-ties)
-       are recomputed with the full float32 encoder, which decides as before.
+    3. ``pre_f >= T_lo + E``: in the top k; ``pre_f < T_lo - E``: not. For rows in between
+       (near-ties), every latent that can reach ``T`` has ``lo_j >= T_lo - 2E``; those candidate
+       columns (and ``f``'s, so ``pre_f`` and ``T`` come from one computation) are recomputed in
+       float32 and their k-th largest value is ``T`` exactly (latents below ``T`` do not move it).
 
-    Without bf16 support the encoder runs in float32 (step 3 then never rechecks). Counters
-    ``rows_seen``, ``rows_encoded`` and ``rows_rechecked`` record what the rows cost.
+    Without bf16 support the encoder runs in float32 (E then covers accumulation order only).
+    Counters ``rows_seen``, ``rows_encoded``, ``rows_rechecked`` and ``cols_rechecked`` record the cost.
     """
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor, feats: list[int], k: int, low: torch.dtype):
-        self.w, self.b = w, b
+        self.wt = w.t().contiguous()  # (d_sae, d_in): candidate rows gather contiguously
+        self.b = b
         self.k = k
         self.idx = torch.tensor(feats, device=w.device)
         self.w_f = w[:, feats].contiguous()
         self.b_f = b[feats].contiguous()
         self.low = low
         self.lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=False, device=w.device, dtype=low)
-        self.lin.weight.data = w.t().contiguous().to(low)
+        self.lin.weight.data = self.wt.to(low)
         self.lin.requires_grad_(False)
         d_in = w.shape[0]
         unit = 3 * 2.0**-9 if low != torch.float32 else 0.0
         self.c = 1.25 * (unit + 2 * d_in * 2.0**-24)
         self.w_max = float(w.norm(dim=0).max())
-        self.rows_seen = self.rows_encoded = self.rows_rechecked = 0
+        self.rows_seen = self.rows_encoded = self.rows_rechecked = self.cols_rechecked = 0
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """The float32 reference: (N, |F|) latents from the whole encoder."""
-        pre = torch.addmm(self.b, x, self.w)
+        pre = torch.addmm(self.b, x, self.wt.t())
         kth = pre.topk(self.k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
         pre_f = pre.index_select(-1, self.idx)
         return torch.relu(pre_f) * (pre_f >= kth)
@@ -241,7 +244,14 @@ class TopkLatents:
         zr = torch.relu(pf) * (pf >= t_lo + band)
         near = ((pf >= t_lo - band) & (pf < t_lo + band) & (pf > 0)).any(-1).nonzero().squeeze(1)
         if near.numel():
+            reach = (lo.index_select(0, near) >= t_lo[near] - 2 * band[near]).any(0)
+            cand = reach.index_fill_(0, self.idx, True).nonzero().squeeze(1)  # the features too: one computation
+            xn = xr.index_select(0, near)
+            pre_c = torch.addmm(self.b.index_select(0, cand), xn, self.wt.index_select(0, cand).t())
+            kth = pre_c.topk(self.k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+            pfn = pre_c.index_select(1, torch.searchsorted(cand, self.idx))
+            zr[near] = torch.relu(pfn) * (pfn >= kth)
             self.rows_rechecked += near.numel()
-            zr[near] = self.full(xr.index_select(0, near))
+            self.cols_rechecked += cand.numel()
         z[rows] = zr
         return z

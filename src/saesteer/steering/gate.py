@@ -10,8 +10,9 @@ score exceeds ``threshold``. The decision is per example and persists over the d
 that generation. The gate's hook point must come at or before the steering hook point, so the
 gate sees unsteered activations and decides before the first edit.
 
-Scorers: :class:`FeatureScorer` (an SAE latent as a harm detector) and :class:`ProjectionScorer`
-(a linear probe ``x . w + b``, e.g. a difference-in-means direction or :func:`fit_probe`).
+Scorers: :class:`FeatureScorer` (an SAE latent as a harm detector), :class:`ProjectionScorer`
+(a linear probe ``x . w + b``, e.g. a difference-in-means direction or :func:`fit_probe`) and
+:class:`LatentProbeScorer` (a sparse linear probe on a few SAE latents).
 :func:`calibrate` picks the threshold that keeps the false-positive rate on harmless dev prompts
 at or below a target.
 """
@@ -115,28 +116,71 @@ class ProjectionScorer:
     @classmethod
     def load(cls, path: str | Path) -> tuple[ProjectionScorer, dict[str, str]]:
         """Read a probe written by :meth:`save`; returns (scorer, metadata)."""
-        from safetensors import safe_open
-
-        p = Path(path)
-        if not p.is_file():
-            raise SaesteerError(f"probe file {p} not found; fit one with fit_probe and save it")
-        bad = f"{p} is not a saesteer probe file (weight + bias); fit and save a probe"
-        try:
-            with safe_open(str(p), framework="pt") as fh:
-                meta = dict(fh.metadata() or {})
-                if meta.get("format") != PROBE_FORMAT or set(fh.keys()) != {"weight", "bias"}:
-                    raise SaesteerError(bad)
-                return cls(fh.get_tensor("weight"), float(fh.get_tensor("bias")[0])), meta
-        except SaesteerError:
-            raise
-        except Exception:  # safetensors' header errors
-            raise SaesteerError(bad) from None
+        bad = f"{path} is not a saesteer probe file (weight + bias); fit and save a probe"
+        missing = f"probe file {path} not found; fit one with fit_probe and save it"
+        meta, t = read_tagged_safetensors(path, PROBE_FORMAT, bad, missing)
+        if set(t) != {"weight", "bias"}:
+            raise SaesteerError(bad)
+        return cls(t["weight"], float(t["bias"][0])), meta
 
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device
         if dev not in self._w:
             self._w[dev] = self.weight.to(dev)
         return x.to(torch.float32) @ self._w[dev] + self.bias
+
+
+def read_tagged_safetensors(
+    path: str | Path, fmt: str, bad: str, missing: str
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file whose metadata ``format`` is ``fmt``; one-line errors otherwise."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise SaesteerError(missing)
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            if meta.get("format") != fmt:
+                raise SaesteerError(bad)
+            return meta, {k: fh.get_tensor(k) for k in fh.keys()}
+    except SaesteerError:
+        raise
+    except Exception:  # safetensors' header errors
+        raise SaesteerError(bad) from None
+
+
+class LatentProbeScorer:
+    """A linear score on a few SAE latents, ``z_S(x) . w + b`` (a sparse probe: the features it reads are named)."""
+
+    def __init__(self, sae: SAE, features: Sequence[int], weight: torch.Tensor | Sequence[float], bias: float = 0.0):
+        feats = [int(f) for f in features]
+        if not feats:
+            raise SaesteerError("a latent probe needs at least one feature; lower the L1 penalty")
+        for f in feats:
+            check_feature("latent probe feature", f, sae.d_sae)
+        w = torch.as_tensor(weight, dtype=torch.float32).flatten()
+        if w.shape[0] != len(feats):
+            raise SaesteerError(f"latent probe: {len(feats)} features but {w.shape[0]} weights; give one per feature")
+        self.sae, self.features, self.weight, self.bias = sae, feats, w, float(bias)
+        self._readers: dict[torch.device, Any] = {}
+
+    @property
+    def hook_name(self) -> str:
+        return self.sae.cfg.hook_name
+
+    def validate(self, d_model: int) -> None:
+        if self.sae.d_in != d_model:
+            raise SaesteerError(f"gate SAE d_in {self.sae.d_in} != model d_model {d_model}; use this model's SAE")
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device
+        if dev not in self._readers:  # exact latents: the full encoder decides Top-k membership
+            self._readers[dev] = (make_reader(self.sae, self.features, dev, True), self.weight.to(dev))
+        read, w = self._readers[dev]
+        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        return (read(flat) @ w + self.bias).reshape(x.shape[:-1])
 
 
 def reduce_tokens(x: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int, offset: int = 0) -> torch.Tensor:

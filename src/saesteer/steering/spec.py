@@ -219,7 +219,7 @@ def _build_gate(
     if spec.gate is None:
         return None
     if _is_gate_file(spec.gate):  # a fitted gate (threshold, hook and scorer saved by `saesteer fit-gate`)
-        from saesteer.gating.gatefile import load_gate
+        from saesteer.steering.gatefile import load_gate
 
         return load_gate(spec.gate, device=next(model.parameters()).device)
     feat, thr = _gate_parts(spec.gate)

@@ -73,7 +73,9 @@ class EvaluateConfig:
 class StudyConfig:
     """``saesteer reproduce``: harvest -> train SAE -> find features -> choose on dev -> sweep -> report."""
 
-    profile: str = opt("cpu", "sample sizes: tiny (smoke), cpu (~1 h on 2 cores), full (~2.5 h), gpu (paper-sized)")
+    profile: str = opt(
+        "cpu", "sample sizes: tiny (smoke), cpu, full, gpu (paper-sized); what each runs and costs: docs/study.md"
+    )
     out_dir: str = opt("runs/reproduce", "where every stage writes (each stage cached by its inputs, resumable)")
     report_dir: str | None = opt(
         None, "also publish the report here (a new or empty folder, or an earlier report it replaces)"

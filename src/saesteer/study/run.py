@@ -34,7 +34,7 @@ from saesteer.study.prompts import draw_prompts
 from saesteer.study.publish import check_destination, publish_report
 from saesteer.study.report_data import write_study_report
 from saesteer.study.seeds import SeedRun, stage_seeds
-from saesteer.study.sweep_eval import build_steering
+from saesteer.study.sweep_eval import steering_from_context
 from saesteer.study.sweep_stage import stage_sweep, study_gates, study_grid, sweep_context
 
 
@@ -68,7 +68,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     ctx = sweep_context(
         lm, cfg, trained.sae, direction, prompts, probe, root / "completions.jsonl", fitted.gate if fitted else None
     )
-    choice = dev.stage_choice(runner, lm, cfg, prompts, grid, lambda c: build_steering(ctx, c))  # 9
+    choice = dev.stage_choice(runner, lm, cfg, prompts, grid, lambda c: steering_from_context(ctx, c))  # 9
     scored = dev.test_grid(grid, choice)
     ctx.capability_data = cap.capability_data(cfg, prompts, real)  # 10
     ctx.humaneval = cap.humaneval_problems(cfg, prompts)

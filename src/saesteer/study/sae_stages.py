@@ -126,9 +126,7 @@ def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: st
     name = "train_sae" if seed == cfg.seed else f"train_sae_seed{seed}"
     sae_dir = runner.run(name, inputs, run, lambda f: f / "sae", code=("sae",))
     sae = load_sae(sae_dir, dtype="float32")
-    d_model = ArchAdapter(lm.model).d_model
-    if sae.d_in != d_model:
-        raise SaesteerError(f"SAE d_in {sae.d_in} != model d_model {d_model}; use an SAE for this model")
+    ArchAdapter(lm.model).check_sae(sae)
     return TrainedSAE(sae, Path(sae_dir), acts, seed)
 
 

@@ -64,7 +64,7 @@ class SweepContext:
     fitted: Gate | None = None  # the "fitted" gate: saesteer.gating's best variant, threshold set on dev
 
 
-def build_gate(ctx: SweepContext, g: Mapping[str, Any]) -> Gate:
+def gate_from_context(ctx: SweepContext, g: Mapping[str, Any]) -> Gate:
     """A condition's gate, its threshold calibrated on the harmless calibration prompts when not given."""
     scorer: Any
     if g["type"] == "fitted":
@@ -87,8 +87,9 @@ def build_gate(ctx: SweepContext, g: Mapping[str, Any]) -> Gate:
     return gate.calibrated(scores, float(g.get("fpr", ctx.cfg.sweep.gate_fpr)))
 
 
-def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
-    """Turn a condition's plain-data interventions and gate into a :class:`Steering` (None for baseline)."""
+def steering_from_context(ctx: SweepContext, cond: Condition) -> Steering | None:
+    """A condition's :class:`Steering` (None for baseline), built from the objects the study already holds in
+    ``ctx`` (SAE, direction, gates): unlike ``Steering.from_spec``, it reads no file."""
     if not cond.interventions:
         return None
     edits: list[Any] = []
@@ -101,7 +102,7 @@ def build_steering(ctx: SweepContext, cond: Condition) -> Steering | None:
             edits.append(ctx.direction.add(float(iv["coeff"])))
         else:
             raise ValueError(f"unknown intervention op {iv['op']!r}")
-    gate = build_gate(ctx, cond.gate) if cond.gate is not None else None
+    gate = gate_from_context(ctx, cond.gate) if cond.gate is not None else None
     hook = ctx.sae.cfg.hook_name if uses_sae else ctx.direction.hook
     return Steering(ctx.model, ctx.sae if uses_sae else None, edits, hook=hook, positions="all", gate=gate)
 
@@ -114,7 +115,7 @@ def steered(ctx: SweepContext, steering: Steering | None) -> Iterator[None]:
 
 def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) -> None:
     """Measure every missing metric of ``cond`` and append the rows (with per-item outcomes) to ``table``."""
-    steering = build_steering(ctx, cond)
+    steering = steering_from_context(ctx, cond)
     if any(not table.has(cond.name, m) for m in SAFETY_METRICS):
         _safety(ctx, cond, steering, table)
     if cond.name in ctx.capability_conditions:

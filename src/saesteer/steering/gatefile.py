@@ -21,7 +21,7 @@ import torch
 from saesteer.config import atomic_write_bytes
 from saesteer.errors import SaesteerError
 from saesteer.sae.base import SAE
-from saesteer.steering.gate import Gate, ProjectionScorer
+from saesteer.steering.gate import Gate, LatentProbeScorer, ProjectionScorer, read_tagged_safetensors
 
 FORMAT = "saesteer.gate.v1"
 SCORERS = ("linear", "latent_probe")
@@ -59,8 +59,6 @@ def save_gate(
     """Write ``gate`` (a linear or latent-probe scorer) as one safetensors file, atomically."""
     from safetensors.torch import save
 
-    from saesteer.gating.scorers import LatentProbeScorer
-
     sc = gate.scorer
     head: dict[str, Any] = {
         "hook": gate.hook,
@@ -90,22 +88,13 @@ def save_gate(
 
 def read_gate_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(header, tensors) of a gate file; a one-line error for anything else."""
-    from safetensors import safe_open
-
     p = Path(path)
-    if not p.is_file():
-        raise SaesteerError(f"gate file {p} not found; make one with `saesteer fit-gate --out {p.name}`")
     bad = f"{p} is not a saesteer gate file; make one with saesteer fit-gate"
+    missing = f"gate file {p} not found; make one with `saesteer fit-gate --out {p.name}`"
+    meta, tensors = read_tagged_safetensors(p, FORMAT, bad, missing)
     try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            if meta.get("format") != FORMAT or "gate" not in meta:
-                raise SaesteerError(bad)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         head = json.loads(meta["gate"])
-    except SaesteerError:
-        raise
-    except Exception:  # safetensors' header errors, malformed JSON
+    except (KeyError, json.JSONDecodeError):
         raise SaesteerError(bad) from None
     if head.get("scorer") not in SCORERS or "weight" not in tensors or "bias" not in tensors:
         raise SaesteerError(bad)
@@ -120,8 +109,6 @@ def load_gate(path: str | os.PathLike[str], sae: SAE | None = None, device: str 
     if head["scorer"] == "linear":
         scorer = ProjectionScorer(t["weight"], float(t["bias"][0]))
     else:
-        from saesteer.gating.scorers import LatentProbeScorer
-
         if sae is None:
             info = head.get("sae") or {}
             weights = sae_weights_file(info.get("path", ""))

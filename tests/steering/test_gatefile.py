@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.gating.gatefile import load_gate, read_gate_header, save_gate
-from saesteer.gating.scorers import LatentProbeScorer
 from saesteer.sae.io import save_sae
 from saesteer.steering import Gate, ProjectionScorer
+from saesteer.steering.gate import LatentProbeScorer
+from saesteer.steering.gatefile import load_gate, read_gate_header, save_gate
 from tests.steering.helpers import tiny_sae
 
 X = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(0))

@@ -99,7 +99,7 @@ def readouts(
     """Per-prompt readouts ``{(hook, rule): (N, d_model)}`` float32, one truncated forward per batch.
 
     ``latents``: an SAE; then ``("sae:" + its hook, rule)`` holds its latents (N, d_sae), encoded per token
-    and reduced by the rule, as :class:`~saesteer.gating.scorers.LatentProbeScorer` scores them.
+    and reduced by the rule, as :class:`~saesteer.steering.gate.LatentProbeScorer` scores them.
     """
     from saesteer.model.generation import encode_chats
 

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from saesteer.gating.readout import RULES, position_rule, position_rules, readouts
 from saesteer.model.generation import encode_chats, to_messages
 from saesteer.steering import Gate, ProjectionScorer, prompt_scores
 from saesteer.steering.gate import reduce_tokens
+from saesteer.steering.readout import RULES, position_rule, position_rules, readouts
 from tests.gating.conftest import ALPACA, HARMFUL
 from tests.steering.helpers import tiny_sae
 
