@@ -103,3 +103,16 @@ def test_bad_study_folder(tiny_chat: Any, app_files: Any, tmp_path: Path) -> Non
         build_state(tiny_chat, app_files, study=str(tmp_path))
     with pytest.raises(SaesteerError, match="not a folder"):
         build_state(tiny_chat, app_files, study=str(tmp_path / "missing"))
+
+
+def test_torn_inputs_file_is_not_a_server_error(tiny_chat: Any, app_files: Any, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from saesteer.app.server import create_app
+
+    write_study(tmp_path / "study")
+    (tmp_path / "study" / "sweep-0123456789ab" / "inputs.json").write_text('{"inputs": {"grid": [')
+    c = TestClient(create_app(build_state(tiny_chat, app_files, study=str(tmp_path / "study"))))
+    assert c.get("/api/results").json()["conditions"] == []
+    r = c.get("/api/results/prompts").json()
+    assert r["total"] == 0 and r["unmatched_records"] == 6  # no grid: no record can be matched to a condition
