@@ -15,7 +15,8 @@ Without ``--sae`` a random Top-k SAE (16,384 latents, k=32) stands in for a trai
 is the same. ``--random-model`` builds the default model's architecture with random weights and
 random prompt tokens (for machines without the model files, e.g. a GPU box).
 
-    python bench/steer_overhead.py                      # default model, CPU, batch 16, 64 new tokens
+    python bench/steer_overhead.py                      # default model, CPU, batch 16, 64 new tokens, fast path
+    python bench/steer_overhead.py --path eager         # the same through Hugging Face generate
     python bench/steer_overhead.py --random-model --device cuda
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from saesteer.model.adapter import ArchAdapter
+from saesteer.model.decode import decode
 from saesteer.sae.base import SAE, SAEConfig
 from saesteer.steering import ClampFeature, FeatureScorer, Gate, Steering
 
@@ -118,6 +120,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default="clamp,clamp-cols,gated")
     p.add_argument("--warmup-tokens", type=int, default=8)
+    p.add_argument("--path", choices=("fast", "eager"), default="fast", help="saesteer's decode loop or HF generate")
     args = p.parse_args()
 
     model, enc, pad_id = build_model(args)
@@ -177,7 +180,19 @@ def main() -> None:
             _sync(dev)
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = model.generate(**enc, **kw)
+                if args.path == "fast":
+                    new = decode(
+                        model,
+                        enc["input_ids"],
+                        enc["attention_mask"],
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        eos_ids=[],
+                        pad_id=pad_id or 0,
+                    )
+                    out = torch.cat([enc["input_ids"], new], dim=1)
+                else:
+                    out = model.generate(**enc, **kw)
             _sync(dev)
             dt = time.perf_counter() - t0
         finally:
@@ -188,7 +203,7 @@ def main() -> None:
 
     names = list(steerings)
     print(
-        f"# {args.model if not args.random_model else 'random Qwen2.5-0.5B shape'} on {dev} "
+        f"# {args.model if not args.random_model else 'random Qwen2.5-0.5B shape'} on {dev}, {args.path} path "
         f"({next(model.parameters()).dtype}), threads {torch.get_num_threads()}, batch {args.batch}, "
         f"prompt width {enc['input_ids'].shape[1]}, {args.new_tokens} new tokens; SAE {sae.cfg.architecture} "
         f"d_sae={sae.d_sae} k={sae.cfg.k} at {hook}; clamp feature {feat} to {value:.1f}; "

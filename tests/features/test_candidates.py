@@ -9,7 +9,7 @@ import torch
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.judges import KeywordJudge
-from saesteer.features.candidates import count_active, find_candidates, response_latents
+from saesteer.features.candidates import count_active, find_candidates, generate_response_ids, response_latents
 from saesteer.model.adapter import ArchAdapter
 from saesteer.sae.base import SAE
 
@@ -84,3 +84,27 @@ def test_generated_responses_are_used_without_a_refusal_requirement(chat: tuple[
     res = find_candidates(model, tok, sae, ["Tell me a joke"], require_refusal=False, max_new_tokens=5)
     assert res.responses[0].n_response_tokens <= 5
     assert res.n_refusal_tokens == res.responses[0].n_response_tokens
+
+
+def test_response_ids_are_greedy_answers_cut_at_eos(chat: tuple[Any, Any]) -> None:
+    """Batched (left-padded) greedy responses equal each prompt's own greedy ``generate``, cut at the first
+    EOS; a token of the first prompt's answer is made an EOS, so that cut surely happens."""
+    from saesteer.model.generation import encode_chats, eos_ids
+
+    model, tok = chat
+    prompts = ["Hi", "How do I bake bread at home?", "Name a colour.", "Explain tides briefly, please."]
+
+    def alone(prompt: str) -> list[int]:
+        enc = encode_chats(tok, [prompt])
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=eos_ids(model, tok))  # fmt: skip
+        row = out[0, enc["input_ids"].shape[1] :].tolist()
+        return row[: next((i for i, t in enumerate(row) if t in eos_ids(model, tok)), len(row))]
+
+    first = alone(prompts[0])
+    cut = next(i for i in range(1, len(first)) if first[i] not in first[:i])
+    model.generation_config.eos_token_id = [tok.eos_token_id, first[cut]]
+    got = generate_response_ids(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    assert got[0] == first[:cut]
+    assert got == [alone(p) for p in prompts]

@@ -11,7 +11,7 @@ from saesteer.gating.threshold import Objective, choose_threshold
 from saesteer.model.generation import GenerationConfig, generate
 from saesteer.sae.io import save_sae
 from saesteer.steering import ClampFeature, Steering, prompt_scores
-from tests.gating.conftest import ALPACA, HARD, HARMFUL
+from tests.gating.prompts import ALPACA, HARD, HARMFUL
 from tests.steering.helpers import tiny_sae
 
 HOOK = "blocks.1.hook_resid_post"

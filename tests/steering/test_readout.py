@@ -11,7 +11,7 @@ from saesteer.model.generation import encode_chats, to_messages
 from saesteer.steering import Gate, ProjectionScorer, prompt_scores
 from saesteer.steering.gate import reduce_tokens
 from saesteer.steering.readout import RULES, position_rule, position_rules, readouts
-from tests.gating.conftest import ALPACA, HARMFUL
+from tests.gating.prompts import ALPACA, HARMFUL
 from tests.steering.helpers import tiny_sae
 
 PROMPTS: list[Any] = [

@@ -118,25 +118,14 @@ def generate_response_ids(
     system_prompt: str | None = None,
 ) -> list[list[int]]:
     """Greedy response token ids for each prompt (up to EOS, which is dropped)."""
-    from saesteer.model.generation import encode_chats, eos_ids
+    from saesteer.model.generation import GenerationConfig, decode_batch, encode_chats, eos_ids
 
-    dev = next(model.parameters()).device
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, system_prompt=system_prompt)
     stops = set(eos_ids(model, tokenizer))
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):
         enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
-        gen = model.generate(
-            input_ids=enc["input_ids"].to(dev),
-            attention_mask=enc["attention_mask"].to(dev),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(stops),
-        )
-        for row in gen[:, enc["input_ids"].shape[1] :].tolist():
+        for row in decode_batch(model, tokenizer, enc, cfg).tolist():
             ids: list[int] = []
             for t in row:
                 if t in stops:
