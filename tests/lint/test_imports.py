@@ -90,3 +90,40 @@ def test_library_never_imports_the_cli() -> None:
     bad = {m: sorted(e) for m, e in import_graph().items() if not m.startswith("saesteer.cli")}
     bad = {m: [e for e in es if e.startswith("saesteer.cli")] for m, es in bad.items()}
     assert not {m: es for m, es in bad.items() if es}
+
+
+# the packages bottom-up: each may import only those before it (the README's layout table, in this order)
+LAYERS = [
+    ("errors", "config", "stages"),
+    ("model",),
+    ("activations",),
+    ("sae",),
+    ("steering",),
+    ("evaluation",),
+    ("gating", "report"),
+    ("features",),
+    ("study",),
+    ("app",),
+    ("cli",),
+]
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_packages_import_only_lower_layers() -> None:
+    level = {pkg: i for i, group in enumerate(LAYERS) for pkg in group}
+    upward = sorted(
+        f"{m} -> {e}"
+        for m, edges in import_graph().items()
+        for e in edges
+        if _package(m) in level and _package(e) in level and level[_package(e)] > level[_package(m)]
+    )
+    assert not upward, "imports from a higher layer: " + "; ".join(upward)
+
+
+def test_every_package_has_a_layer() -> None:
+    packages = {_package(m) for m in import_graph()} - {""}
+    assert packages <= {pkg for group in LAYERS for pkg in group}
