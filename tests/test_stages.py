@@ -1,0 +1,54 @@
+"""The one stage cache: a finished stage is reused, a change of inputs or of code gives a new stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from saesteer import stages
+from saesteer.stages import StageRunner, code_version
+
+
+def _run(runner: StageRunner, calls: list[str], inputs: dict, code: tuple[str, ...] = ("stages",)) -> str:
+    def fn(folder: Path) -> str:
+        calls.append(folder.name)
+        (folder / "out.txt").write_text("x")
+        return folder.name
+
+    return runner.run("s", inputs, fn, lambda f: f.name, code=code)
+
+
+def test_finished_stage_is_reused_and_new_inputs_rerun(tmp_path: Path) -> None:
+    calls: list[str] = []
+    runner = StageRunner(tmp_path, log=lambda _m: None)
+    first = _run(runner, calls, {"a": 1})
+    assert _run(runner, calls, {"a": 1}) == first
+    assert len(calls) == 1
+    assert _run(runner, calls, {"a": 2}) != first
+    assert len(calls) == 2
+
+
+def test_a_code_change_is_a_new_stage_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "sub" / "m.py").write_text("X = 1\n")
+    (pkg / "other.py").write_text("Y = 1\n")
+    monkeypatch.setattr(stages, "PACKAGE_ROOT", pkg)
+    code_version.cache_clear()
+    before = code_version(("sub",))
+    (pkg / "other.py").write_text("Y = 2\n")  # outside the stage's code: same key
+    code_version.cache_clear()
+    assert code_version(("sub",)) == before
+    (pkg / "sub" / "m.py").write_text("X = 2\n")
+    code_version.cache_clear()
+    assert code_version(("sub",)) != before
+
+    runner = StageRunner(tmp_path / "runs", log=lambda _m: None)
+    calls: list[str] = []
+    _run(runner, calls, {"a": 1}, code=("sub",))
+    (pkg / "sub" / "m.py").write_text("X = 3\n")
+    code_version.cache_clear()
+    _run(runner, calls, {"a": 1}, code=("sub",))
+    assert len(calls) == 2 and calls[0] != calls[1]
+    code_version.cache_clear()
