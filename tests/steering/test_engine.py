@@ -182,14 +182,28 @@ def test_drop_error_term_uses_reconstruction(model, batch):  # type: ignore[no-u
 
 
 def test_topk_approximate_reader_differs_only_outside_topk(model, batch):  # type: ignore[no-untyped-def]
+    """Clamping a feature to its own exact Top-k value is a no-op for the exact reader. The approximate
+    reader reads relu(pre_f) instead: the same where f is in the top k, but positive where f is active yet
+    not in the top k; there it edits by (z_f - relu(pre_f)) W_dec[f], which the reference below applies."""
     sae = tiny_sae("topk", LAYER, k=4)
     x, base = ArchAdapter(model).run_full(HOOK, batch["input_ids"], batch["attention_mask"])
     z = sae.encode(x)[..., FEAT].detach()
+    pre = torch.relu(sae.pre_acts(x)[..., FEAT]).detach()
+    real = batch["attention_mask"].bool()
+    outside = (pre > 0) & (z == 0) & real
+    assert outside.any() and ((z > 0) & real).any()  # both cases happen with k=4 of 256 latents
     with torch.no_grad(), Steering(model, sae, [ClampFeature(FEAT, z)], topk_exact=False).apply():
         approx = model(**batch).logits
-    pre = torch.relu(sae.pre_acts(x)[..., FEAT])
-    if bool(((pre > 0) & (z == 0) & batch["attention_mask"].bool()).any()):
-        assert (approx - base).abs().max() > 1e-4  # active-but-not-top-k positions get edited by the approximation
+
+    def edit(a: torch.Tensor) -> torch.Tensor:
+        return a + ((z - pre) * outside).unsqueeze(-1) * sae.W_dec[FEAT]
+
+    want = manual_logits(model, batch["input_ids"], batch["attention_mask"], edit)
+    torch.testing.assert_close(approx, want, rtol=1e-4, atol=1e-4)
+    assert (approx - base)[real].abs().max() > 1e-4
+    with torch.no_grad(), Steering(model, sae, [ClampFeature(FEAT, z)], topk_exact=True).apply():
+        exact = model(**batch).logits
+    torch.testing.assert_close(exact[real], base[real], rtol=1e-5, atol=1e-5)
 
 
 def test_handle_and_context_manager_remove_hooks(model, batch):  # type: ignore[no-untyped-def]
