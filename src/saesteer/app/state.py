@@ -120,13 +120,7 @@ class AppState:
 
         cfg.validate()
         ad = ArchAdapter(model)
-        if sae.d_in != ad.d_model:
-            raise SaesteerError(f"SAE d_in {sae.d_in} != model d_model {ad.d_model}; use an SAE trained on this model")
-        if not sae.cfg.hook_name:
-            raise SaesteerError(
-                "the SAE names no hook point (cfg.json hook_name); add it, e.g. blocks.12.hook_resid_post"
-            )
-        ad.check(sae.cfg.hook_name)
+        ad.check_sae(sae)
         fj = read_features_json(cfg.features)
         if fj is not None and (fj.get("sae") or {}).get("d_sae") not in (None, sae.d_sae):
             raise SaesteerError(f"{cfg.features} belongs to an SAE with {fj['sae']['d_sae']} features, not {sae.d_sae}")

@@ -74,6 +74,12 @@ class HookPoint:
         return cls(kind, layer)
 
 
+def check_width(d_in: int, d_model: int, what: str = "SAE") -> None:
+    """A one-line error when an SAE (or a gate's SAE) of width ``d_in`` cannot read a model of ``d_model``."""
+    if d_in != d_model:
+        raise SaesteerError(f"{what} d_in {d_in} != model d_model {d_model}; use an SAE trained on this model")
+
+
 class StopForward(Exception):
     """Raised inside a recording hook to end a truncated forward pass early (see ``ArchAdapter.record``)."""
 
@@ -138,10 +144,7 @@ class ArchAdapter:
     def check_sae(self, sae: Any) -> HookPoint:
         """The hook point of an SAE (``d_in``, ``cfg.hook_name``) on this model; a one-line error when it
         does not fit: another width, no hook point named, or a layer this model does not have."""
-        if sae.d_in != self.d_model:
-            raise SaesteerError(
-                f"SAE d_in {sae.d_in} != model d_model {self.d_model}; use an SAE trained on this model"
-            )
+        check_width(sae.d_in, self.d_model)
         if not sae.cfg.hook_name:
             raise SaesteerError("the SAE names no hook point (cfg.hook_name); set metadata.hook_name in its cfg.json")
         return self.check(sae.cfg.hook_name)

@@ -139,13 +139,7 @@ def spliced_metrics(
     ``kl_error_term``, ``ce_increase``, ``ce_recovered`` ((CE_zero - CE_sae) / (CE_zero - CE_clean)),
     ``delta_ce_error_term``, ``n_predictions`` and ``spliced_frac`` (share of attended positions replaced).
     """
-    if sae.d_in != adapter.d_model:
-        raise SaesteerError(
-            f"SAE d_in {sae.d_in} != model d_model {adapter.d_model}; this SAE was trained on another model"
-        )
-    if not sae.cfg.hook_name:
-        raise SaesteerError("the SAE names no hook point (cfg.hook_name); set metadata.hook_name in its cfg.json")
-    point = adapter.check(sae.cfg.hook_name)
+    point = adapter.check_sae(sae)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     mask = attention_mask.bool()

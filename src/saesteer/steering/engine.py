@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import ArchAdapter, HookPoint
+from saesteer.model.adapter import ArchAdapter, HookPoint, check_width
 from saesteer.sae.base import SAE
 from saesteer.steering.gate import Gate, same_activation
 from saesteer.steering.interventions import validate_interventions
@@ -125,10 +125,7 @@ class Steering:
         for hp in self.hooks:
             adapter.check(hp)
         if self.sae is not None:
-            if self.sae.d_in != adapter.d_model:
-                raise SaesteerError(
-                    f"SAE d_in {self.sae.d_in} != model d_model {adapter.d_model}; use an SAE trained on this model"
-                )
+            check_width(self.sae.d_in, adapter.d_model)
             uses_sae = any(getattr(iv, "features", ()) or getattr(iv, "edits", ()) for iv in self.interventions)
             if uses_sae and len(self.hooks) != 1:
                 raise SaesteerError("SAE feature interventions act at one hook point; give a single hook")

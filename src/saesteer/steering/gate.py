@@ -29,7 +29,7 @@ import torch
 
 from saesteer.config import atomic_write_bytes
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import ArchAdapter, HookPoint
+from saesteer.model.adapter import ArchAdapter, HookPoint, check_width
 from saesteer.sae.base import SAE
 from saesteer.steering.interventions import as_direction, check_feature
 from saesteer.steering.operators import make_reader
@@ -68,10 +68,7 @@ class FeatureScorer:
         return self.sae.cfg.hook_name
 
     def validate(self, d_model: int) -> None:
-        if self.sae.d_in != d_model:
-            raise SaesteerError(
-                f"gate SAE d_in {self.sae.d_in} != model d_model {d_model}; use an SAE trained on this model"
-            )
+        check_width(self.sae.d_in, d_model, "gate SAE")
 
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device
@@ -171,8 +168,7 @@ class LatentProbeScorer:
         return self.sae.cfg.hook_name
 
     def validate(self, d_model: int) -> None:
-        if self.sae.d_in != d_model:
-            raise SaesteerError(f"gate SAE d_in {self.sae.d_in} != model d_model {d_model}; use this model's SAE")
+        check_width(self.sae.d_in, d_model, "gate SAE")
 
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device

@@ -17,19 +17,18 @@ Each rule is a :class:`~saesteer.steering.gate.Gate` reduction (``last`` with an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import ArchAdapter, HookPoint
+from saesteer.model.adapter import ArchAdapter, HookPoint, StopForward
 from saesteer.steering.direction import post_instruction_tokens
 from saesteer.steering.gate import reduce_tokens
 
 RULES = ("instruction", "template", "template_last", "mean")
-_KIND_ORDER = {"resid_pre": 0, "mlp_out": 1, "resid_post": 2}
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,6 @@ def position_rules(names: Sequence[str], tokenizer: Any, system_prompt: str | No
     """The rules ``names`` for ``tokenizer``'s chat template."""
     n_post = post_instruction_tokens(tokenizer, system_prompt)
     return {n: position_rule(n, n_post) for n in names}
-
-
-class _Done(Exception):
-    """Stops the forward pass after the deepest hook of interest."""
-
-
-def _order(hp: HookPoint) -> tuple[int, int]:
-    return hp.layer, _KIND_ORDER[hp.kind]
 
 
 def _with_latents(seen: dict[str, torch.Tensor], sae: Any) -> list[tuple[str, torch.Tensor]]:
@@ -109,37 +100,22 @@ def readouts(
     points = [ad.check(h) for h in hooks]
     if latents is not None and not any(p.name == HookPoint.parse(latents.cfg.hook_name).name for p in points):
         points.append(ad.check(latents.cfg.hook_name))
-    last = max(points, key=_order)
     dev = next(ad.model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(str(prompts[i])))  # similar lengths pad less
     out: dict[tuple[str, str], list[torch.Tensor]] = {}
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab(x: torch.Tensor, name: str) -> None:
-        seen[name] = x.float()
-        if name == last.name:
-            raise _Done
-
-    def grabber(name: str) -> Callable[[torch.Tensor], None]:
-        return lambda x: grab(x, name)
-
-    handles = [ad.add_hook(p, grabber(p.name)) for p in points]
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
-            real = enc["attention_mask"].bool().to(dev)
-            seen.clear()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
+        real = enc["attention_mask"].bool().to(dev)
+        with ad.record(points, clone=False, truncate=True) as got:
             try:
-                ad.model(input_ids=enc["input_ids"].to(dev), attention_mask=real.long(), use_cache=False)
-            except _Done:
-                pass
-            for key, t in _with_latents(seen, latents):
-                for r in rules:
-                    out.setdefault((key, r.name), []).append(reduce_tokens(t, real, r.reduce, r.tail, r.offset).cpu())
-    finally:
-        for h in handles:
-            h.remove()
+                ad.forward(enc["input_ids"].to(dev), real.long())
+            except StopForward:
+                pass  # every point recorded: the later layers never run
+        seen = {name: acts[0].float() for name, acts in got.items()}
+        for key, t in _with_latents(seen, latents):
+            for r in rules:
+                out.setdefault((key, r.name), []).append(reduce_tokens(t, real, r.reduce, r.tail, r.offset).cpu())
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return {k: torch.cat(v)[inverse] for k, v in out.items()}
