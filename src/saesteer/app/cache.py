@@ -12,7 +12,6 @@ time under the model lock (generation requests interleave with it), and reports 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -34,23 +33,20 @@ def default_cache_root() -> Path:
 
 
 def corpus_texts(cfg: AppConfig) -> tuple[list[str], str]:
-    """Texts for the corpus windows and a name for where they came from."""
-    want = cfg.n_windows * 4
-    if cfg.corpus:
-        from saesteer.activations.sources import iter_texts
-
-        return list(itertools.islice(iter_texts(cfg.corpus), want)), cfg.corpus
+    """Texts for the corpus windows (as feature discovery reads them) and a name for where they came from;
+    the built-in stdlib docstrings when there is neither ``cfg.corpus`` nor a data directory with a corpus."""
     from saesteer.evaluation.datafiles import data_dir
+    from saesteer.features.reference import corpus_texts as reference_texts
 
+    if cfg.corpus:
+        return reference_texts(cfg.corpus, None, cfg.n_windows, cfg.seed) or [], cfg.corpus
     root = data_dir(cfg.data_dir)
     if root is not None and (root / "corpus" / "english_mix_corpus.jsonl.gz").is_file():
-        from saesteer.evaluation.datasets import load_corpus_texts
-
-        texts = load_corpus_texts(n=cfg.n_windows * 2, seed=cfg.seed, data_dir=root, min_chars=200)
+        texts = reference_texts(None, str(root), cfg.n_windows, cfg.seed) or []
         return texts, str(root / "corpus" / "english_mix_corpus.jsonl.gz")
     from saesteer.study.corpus import stdlib_docstrings
 
-    return stdlib_docstrings()[:want], "builtin:stdlib-docstrings"
+    return stdlib_docstrings()[: cfg.n_windows * 4], "builtin:stdlib-docstrings"
 
 
 def chat_rows(tokenizer: Any, cfg: AppConfig) -> tuple[list[list[int]], list[str]]:
