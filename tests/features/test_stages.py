@@ -70,8 +70,11 @@ def test_config_and_code_changes_rerun(chat: tuple[Any, Any], tmp_path: Path, mo
     assert _ran(logs) == {"generation_screen"}  # the same feature is chosen, so its control check stands
     _, logs = _run(chat, sae, tmp_path, Judge(), control_band=0.2)  # read by the control check only
     assert _ran(logs) == {"control"}
+    kept = tmp_path / "stages" / "user-notes.txt"  # not a stage folder: resume=False leaves it alone
+    kept.write_text("mine")
     _, logs = _run(chat, sae, tmp_path, Judge(), resume=False)
     assert _ran(logs) == set(STAGES)
+    assert kept.read_text() == "mine"
     monkeypatch.setattr(saesteer.stages, "code_version", lambda packages=("",): "other-code")
     _, logs = _run(chat, sae, tmp_path, Judge())
     assert _ran(logs) == set(STAGES)

@@ -135,7 +135,7 @@ class StudyResults:
                 try:
                     prompts = load_prompts(source, data_dir=self.data_dir)
                 except SaesteerError:
-                    continue  # that set's data is not on this machine
+                    continue  # that set's data is not in the data directory
                 for p in prompts:
                     self._prompts.setdefault(_text_hash(p.text), (name, side, p.text))
         return self._prompts

@@ -91,8 +91,11 @@ def _setup(
     sae = sae.to(next(adapter.model.parameters()).device).eval()
     if runner is None:
         root = Path(cfg.out) / "stages"
-        if not cfg.resume and root.is_dir():  # the run's own cache folder, never one the user named
-            shutil.rmtree(root)
+        if not cfg.resume and root.is_dir():
+            # only the stage folders this runner wrote (each holds inputs.json); anything else there is left alone
+            for stage in root.iterdir():
+                if stage.is_dir() and (stage / "inputs.json").is_file():
+                    shutil.rmtree(stage)
         runner = StageRunner(root, log=log)
     judge = get_judge(judge if judge is not None else cfg.judge)
     return dv.Run(adapter, tokenizer, sae, cfg, judge, fingerprint=sae_fingerprint(sae), stages=runner, **kw)
