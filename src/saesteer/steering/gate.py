@@ -53,14 +53,13 @@ class Scorer(Protocol):
     def validate(self, d_model: int) -> None: ...
 
 
-class FeatureScorer:
-    """An SAE latent's activation as the score (a harm-detector feature)."""
+class _SaeLatents:
+    """What the SAE-latent scorers share: the SAE's hook, the width check, one latent reader per device."""
 
-    def __init__(self, sae: SAE, feature: int, topk_exact: bool = True):
-        check_feature("gate feature", feature, sae.d_sae)
+    def __init__(self, sae: SAE, features: Sequence[int], topk_exact: bool):
         self.sae = sae
-        self.feature = feature
         self.topk_exact = topk_exact
+        self._features = list(features)
         self._readers: dict[torch.device, Any] = {}
 
     @property
@@ -70,12 +69,25 @@ class FeatureScorer:
     def validate(self, d_model: int) -> None:
         check_width(self.sae.d_in, d_model, "gate SAE")
 
-    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., |features|) float32 latents of activations ``x`` (..., d_model)."""
         dev = x.device
         if dev not in self._readers:
-            self._readers[dev] = make_reader(self.sae, [self.feature], dev, self.topk_exact)
+            self._readers[dev] = make_reader(self.sae, self._features, dev, self.topk_exact)
         flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        return self._readers[dev](flat).reshape(x.shape[:-1])
+        return self._readers[dev](flat).reshape(*x.shape[:-1], len(self._features))
+
+
+class FeatureScorer(_SaeLatents):
+    """An SAE latent's activation as the score (a harm-detector feature)."""
+
+    def __init__(self, sae: SAE, feature: int, topk_exact: bool = True):
+        check_feature("gate feature", feature, sae.d_sae)
+        super().__init__(sae, [feature], topk_exact)
+        self.feature = feature
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.latents(x)[..., 0]
 
 
 class ProjectionScorer:
@@ -148,7 +160,7 @@ def read_tagged_safetensors(
         raise SaesteerError(bad) from None
 
 
-class LatentProbeScorer:
+class LatentProbeScorer(_SaeLatents):
     """A linear score on a few SAE latents, ``z_S(x) . w + b`` (a sparse probe: the features it reads are named)."""
 
     def __init__(self, sae: SAE, features: Sequence[int], weight: torch.Tensor | Sequence[float], bias: float = 0.0):
@@ -160,23 +172,14 @@ class LatentProbeScorer:
         w = torch.as_tensor(weight, dtype=torch.float32).flatten()
         if w.shape[0] != len(feats):
             raise SaesteerError(f"latent probe: {len(feats)} features but {w.shape[0]} weights; give one per feature")
-        self.sae, self.features, self.weight, self.bias = sae, feats, w, float(bias)
-        self._readers: dict[torch.device, Any] = {}
-
-    @property
-    def hook_name(self) -> str:
-        return self.sae.cfg.hook_name
-
-    def validate(self, d_model: int) -> None:
-        check_width(self.sae.d_in, d_model, "gate SAE")
+        super().__init__(sae, feats, topk_exact=True)  # exact latents: the full encoder decides Top-k membership
+        self.features, self.weight, self.bias = feats, w, float(bias)
+        self._weights: dict[torch.device, torch.Tensor] = {}
 
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device
-        if dev not in self._readers:  # exact latents: the full encoder decides Top-k membership
-            self._readers[dev] = (make_reader(self.sae, self.features, dev, True), self.weight.to(dev))
-        read, w = self._readers[dev]
-        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        return (read(flat) @ w + self.bias).reshape(x.shape[:-1])
+        if x.device not in self._weights:
+            self._weights[x.device] = self.weight.to(x.device)
+        return self.latents(x) @ self._weights[x.device] + self.bias
 
 
 def reduce_tokens(x: torch.Tensor, real: torch.Tensor | None, reduce: str, tail: int, offset: int = 0) -> torch.Tensor:
