@@ -23,7 +23,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluation.benchmark import BenchmarkResult, fit_shots, rate_result
 from saesteer.evaluation.loglik import context_limit
 from saesteer.evaluation.records import MathProblem
-from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, generate
+from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, generate, hf_generate
 
 _NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"
 
@@ -92,6 +92,7 @@ def _generate_plain(
     from tqdm.auto import tqdm
 
     dev = next(model.parameters()).device
+    cfg, eos = GenerationConfig(max_new_tokens=max_new_tokens), eos_ids(model, tokenizer)
     old, tokenizer.padding_side = tokenizer.padding_side, "left"
     outs: list[str] = []
     try:
@@ -99,19 +100,9 @@ def _generate_plain(
             enc = tokenizer(
                 list(prompts[s : s + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
             ).to(dev)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos_ids(model, tokenizer),
-                stop_strings=["Question:"],
-                tokenizer=tokenizer,
-            )
-            outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            ids = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            new = hf_generate(model, ids, cfg, tokenizer.pad_token_id, eos, ["Question:"], tokenizer)
+            outs += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old
     return outs

@@ -27,7 +27,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluation.benchmark import BenchmarkResult, rate_result
 from saesteer.evaluation.datafiles import subsample
 from saesteer.evaluation.sandbox import run_python
-from saesteer.model.generation import encode_chats, eos_ids
+from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, hf_generate
 
 INSTRUCTION = (
     "Complete the following Python function. Answer with the complete function (including the imports it needs) "
@@ -121,29 +121,21 @@ def check_solution(problem: HumanEvalProblem, code: str, timeout_s: float = 10.0
     return run_python(build_program(problem, code), timeout_s=timeout_s, memory_mb=memory_mb).status
 
 
+CODE_STOPS = ("\n```\n", "\n```<|im_end|>")  # the closing fence of the answer's code block
+
+
 def generate_code(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 512, batch_size: int = 8
 ) -> list[str]:
     """Greedy chat completions that stop at EOS or once the code block closes (``stop_strings``)."""
     dev = next(model.parameters()).device
+    cfg, eos = GenerationConfig(max_new_tokens=max_new_tokens), eos_ids(model, tokenizer)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         enc = encode_chats(tokenizer, list(prompts[start : start + batch_size]))
         enc = {k: v.to(dev) for k, v in enc.items()}
         with torch.no_grad():
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos_ids(model, tokenizer),
-                stop_strings=["\n```\n", "\n```<|im_end|>"],
-                tokenizer=tokenizer,
-            )
-        new = gen[:, enc["input_ids"].shape[1] :]
+            new = hf_generate(model, enc, cfg, tokenizer.pad_token_id, eos, CODE_STOPS, tokenizer)
         out += [tokenizer.decode(row, skip_special_tokens=True) for row in new]
     return out
 

@@ -117,10 +117,24 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def hf_generate(model: Any, enc: dict[str, torch.Tensor], cfg: GenerationConfig, pad_id: int, eos: list[int]) -> Any:
-    """Hugging Face ``generate`` on a left-padded batch; returns only the new tokens."""
+def hf_generate(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    cfg: GenerationConfig,
+    pad_id: int,
+    eos: list[int],
+    stop_strings: Sequence[str] = (),
+    tokenizer: Any = None,
+) -> Any:
+    """Hugging Face ``generate`` on a left-padded batch; returns only the new tokens.
+
+    ``stop_strings`` (with ``tokenizer``) also end a row once its text contains one of them; the fast
+    loop has no stop strings, so scorers that need them decode here.
+    """
     kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample}
     kwargs.update(pad_token_id=pad_id, eos_token_id=eos)
+    if stop_strings:
+        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     if cfg.do_sample:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
