@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
+from saesteer.activations.distributed import distributed, local_device
 from saesteer.cli.common import FLAT, Command, write_resolved_config
 from saesteer.model.loading import ModelConfig, load
 from saesteer.study.config import STUDY_OWNED, StudyConfig
@@ -28,9 +29,11 @@ def run(cfg: ReproduceCommand) -> int:
     from saesteer.study.run import run_study
 
     cfg.study.validate()  # before the model loads
-    lm = load(cfg.model)
-    write_resolved_config(cfg.study.out_dir, cfg)  # the whole tree, the model options included
-    run_study(lm, cfg.study)
+    with distributed(cfg.model.device) as (rank, _world):  # torchrun: harvest, training and sweep split over ranks
+        lm = load(replace(cfg.model, device=local_device(cfg.model.device)))
+        if rank == 0:
+            write_resolved_config(cfg.study.out_dir, cfg)  # the whole tree, the model options included
+        run_study(lm, cfg.study)
     return 0
 
 

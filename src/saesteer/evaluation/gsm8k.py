@@ -24,6 +24,7 @@ from saesteer.evaluation.benchmark import BenchmarkResult, fit_shots, rate_resul
 from saesteer.evaluation.loglik import context_limit
 from saesteer.evaluation.records import MathProblem
 from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, generate, hf_generate
+from saesteer.stages import deal
 
 _NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"
 
@@ -94,18 +95,19 @@ def _generate_plain(
     dev = next(model.parameters()).device
     cfg, eos = GenerationConfig(max_new_tokens=max_new_tokens), eos_ids(model, tokenizer)
     old, tokenizer.padding_side = tokenizer.padding_side, "left"
-    outs: list[str] = []
-    try:
-        for s in tqdm(range(0, len(prompts), batch_size), desc="gsm8k", disable=not progress, unit="batch"):
-            enc = tokenizer(
-                list(prompts[s : s + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(dev)
-            ids = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-            new = hf_generate(model, ids, cfg, tokenizer.pad_token_id, eos, ["Question:"], tokenizer)
-            outs += tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def run(batch: Sequence[str]) -> list[str]:
+        enc = tokenizer(list(batch), return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        ids = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        new = hf_generate(model, ids, cfg, tokenizer.pad_token_id, eos, ["Question:"], tokenizer)
+        return list(tokenizer.batch_decode(new, skip_special_tokens=True))
+
+    batches = [prompts[s : s + batch_size] for s in range(0, len(prompts), batch_size)]
+    try:  # batches split over the ranks of a collective stage (saesteer.stages.deal)
+        rounds = tqdm(deal(batches, run), desc="gsm8k", disable=not progress, unit="round")
+        return [text for done in rounds for _, texts in done for text in texts]
     finally:
         tokenizer.padding_side = old
-    return outs
 
 
 def score_gsm8k(

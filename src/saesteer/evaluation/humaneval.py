@@ -28,6 +28,7 @@ from saesteer.evaluation.benchmark import BenchmarkResult, rate_result
 from saesteer.evaluation.datafiles import subsample
 from saesteer.evaluation.sandbox import run_python
 from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, hf_generate
+from saesteer.stages import deal
 
 INSTRUCTION = (
     "Complete the following Python function. Answer with the complete function (including the imports it needs) "
@@ -127,17 +128,19 @@ CODE_STOPS = ("\n```\n", "\n```<|im_end|>")  # the closing fence of the answer's
 def generate_code(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 512, batch_size: int = 8
 ) -> list[str]:
-    """Greedy chat completions that stop at EOS or once the code block closes (``stop_strings``)."""
+    """Greedy chat completions that stop at EOS or once the code block closes (``stop_strings``); batches are
+    split over the ranks of a collective stage (``saesteer.stages.deal``)."""
     dev = next(model.parameters()).device
     cfg, eos = GenerationConfig(max_new_tokens=max_new_tokens), eos_ids(model, tokenizer)
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        enc = encode_chats(tokenizer, list(prompts[start : start + batch_size]))
-        enc = {k: v.to(dev) for k, v in enc.items()}
+
+    def run(batch: Sequence[str]) -> list[str]:
+        enc = {k: v.to(dev) for k, v in encode_chats(tokenizer, list(batch)).items()}
         with torch.no_grad():
             new = hf_generate(model, enc, cfg, tokenizer.pad_token_id, eos, CODE_STOPS, tokenizer)
-        out += [tokenizer.decode(row, skip_special_tokens=True) for row in new]
-    return out
+        return [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
+    batches = [prompts[s : s + batch_size] for s in range(0, len(prompts), batch_size)]
+    return [text for done in deal(batches, run) for _, texts in done for text in texts]
 
 
 def score_humaneval(

@@ -29,6 +29,7 @@ from saesteer.evaluation.datasets import Prompt, load_prompts
 from saesteer.evaluation.judges import Judge, get_judge
 from saesteer.evaluation.stats import wilson
 from saesteer.model.generation import GenerationConfig, generate
+from saesteer.stages import deal, from_rank0, is_writer, shard
 
 # name -> (load_prompts spec, side): "unsafe" sets should be refused, "safe" sets should not.
 SAFETY_SETS: dict[str, tuple[str, str]] = {
@@ -151,9 +152,9 @@ class CompletionCache:
         """The cached completion of ``prompt`` under ``key``, or None."""
         return self._data.get((key, _text_hash(prompt)))
 
-    def put_many(self, key: str, items: Sequence[tuple[str, str, str]]) -> None:
-        """Store ``(prompt_id, prompt, completion)`` items under ``key`` (appended, flushed and fsynced)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def put_many(self, key: str, items: Sequence[tuple[str, str, str]], write: bool = True) -> None:
+        """Store ``(prompt_id, prompt, completion)`` items under ``key`` (appended, flushed and fsynced; in memory
+        only with ``write=False``)."""
         lines = []
         for pid, prompt, completion in items:
             h = _text_hash(prompt)
@@ -163,6 +164,9 @@ class CompletionCache:
                     {"key": key, "prompt_hash": h, "prompt_id": pid, "completion": completion}, ensure_ascii=False
                 )
             )
+        if not write:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as fh:
             fh.seek(0, os.SEEK_END)
             if fh.tell() > 0:
@@ -194,21 +198,27 @@ def complete(
     desc: str = "generate",
 ) -> list[str]:
     """Completions for ``prompts``: cached ones are reused, the rest generated in length-sorted batches, each batch
-    added to the cache as soon as it is done."""
-    out: list[str | None] = [cache.get(key, p.text) if cache else None for p in prompts]
+    added to the cache as soon as it is done.
+
+    In a collective stage under torchrun (``saesteer.stages.shard``) the batches are dealt round-robin over the
+    ranks, the same batches one process would make (so the same completions), and gathered after every round;
+    rank 0 alone writes the cache.
+    """
+    out: list[str | None] = from_rank0([cache.get(key, p.text) if cache else None for p in prompts])
     todo = sorted((i for i, c in enumerate(out) if c is None), key=lambda i: len(prompts[i].text))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, disable=not progress, unit="prompt")
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt",
+               disable=not progress or shard()[0] > 0)  # fmt: skip
     bs = gen_cfg.batch_size
-    for s in range(0, len(todo), bs):
-        idx = todo[s : s + bs]
-        texts = generate(model, tok, [prompts[i].text for i in idx], gen_cfg)
-        for i, t in zip(idx, texts, strict=True):
+    batches = [todo[s : s + bs] for s in range(0, len(todo), bs)]
+    for done in deal(batches, lambda idx: generate(model, tok, [prompts[i].text for i in idx], gen_cfg)):
+        items = [(i, t) for b, texts in done for i, t in zip(batches[b], texts, strict=True)]
+        for i, t in items:
             out[i] = t
         if cache is not None:
-            cache.put_many(key, [(prompts[i].id, prompts[i].text, out[i] or "") for i in idx])
-        bar.update(len(idx))
+            cache.put_many(key, [(prompts[i].id, prompts[i].text, t) for i, t in items], write=is_writer())
+        bar.update(len(items))
     bar.close()
     return [c if c is not None else "" for c in out]
 

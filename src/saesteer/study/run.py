@@ -14,6 +14,10 @@
 11. sweep        every condition scored on the test prompts
 12. seeds        SAE, features and headline conditions again under other seeds (``seeds`` > 1)
 13. report       Markdown + HTML report, ``splits.json``; published to ``report_dir``
+
+Under ``torchrun`` every process runs this function: harvest, SAE training and the sweep are collective stages
+(their work split over the ranks), the others run on rank 0 while the rest wait (``saesteer.stages``), and rank 0
+writes the report.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from saesteer.evaluation.datasets import data_dir
 from saesteer.model.loading import LoadedModel
-from saesteer.stages import StageRunner
+from saesteer.stages import StageRunner, is_writer
 from saesteer.study import capability as cap
 from saesteer.study import dev_stages as dev
 from saesteer.study import sae_stages as sae_st
@@ -46,7 +50,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     torch.manual_seed(cfg.seed)
     root = Path(cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(root)
+    runner = StageRunner(root, log=print if is_writer() else lambda _: None)
     t_all = time.time()
     real = data_dir(cfg.data_dir) is not None
 
@@ -79,6 +83,8 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
         seed_runs += stage_seeds(runner, lm, cfg, acts, corpus, prompts, direction, choice, grid)
 
     report_dir = root / "report"  # 13
+    if not is_writer():
+        return report_dir
     write_study_report(
         report_dir, lm=lm, cfg=cfg, table=table, grid=scored, choice=choice, features=features,
         trained=trained, sae_metrics=metrics, prompts=prompts, runner=runner, seed_runs=seed_runs,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from saesteer.activations.chat import build_chat_data
+from saesteer.activations.chat import build_chat_data, read_chat_file
 from saesteer.activations.harvest import corpus_identity, harvest
 from saesteer.activations.store import ActivationStore
 from saesteer.config import atomic_write_json, atomic_write_text, config_to_dict
@@ -25,8 +25,8 @@ from saesteer.model.loading import LoadedModel
 from saesteer.sae.base import SAE
 from saesteer.sae.io import load_sae
 from saesteer.sae.metrics import SaeEvalConfig, corpus_windows, evaluate_sae, spliced_over
-from saesteer.sae.train import train_sae
-from saesteer.stages import StageRunner, stable_hash
+from saesteer.sae.train import rank_batches, train_sae
+from saesteer.stages import StageRunner, is_writer, shard, stable_hash, sync
 from saesteer.study.config import StudyConfig
 from saesteer.study.corpus import stdlib_docstrings
 from saesteer.study.prompts import StudyPrompts, digest
@@ -91,10 +91,15 @@ def stage_harvest(
 
     def run(folder: Path) -> str:
         gen = GenerationConfig(max_new_tokens=cfg.chat.max_new_tokens, batch_size=cfg.generation.batch_size)
-        chat = build_chat_data(lm.model, lm.tokenizer, chat_prompts, folder / "chat.jsonl", gen)
+        chat = build_chat_data(lm.model, lm.tokenizer, chat_prompts, folder / "chat.jsonl", gen) if is_writer() else []
+        sync()  # rank 0 generated the conversations; every rank harvests them
+        if not is_writer():
+            done = {c[0]["content"]: c for c in read_chat_file(folder / "chat.jsonl")} if chat_prompts else {}
+            chat = [done[p] for p in dict.fromkeys(chat_prompts) if p in done]
         return str(harvest(lm.model, lm.tokenizer, dataclasses.replace(hcfg, out_dir=str(folder)), lm.spec, chat=chat))
 
-    return runner.run("harvest", inputs, run, str, code=("activations",))
+    # collective: under torchrun every rank harvests its share of the windows (rank 0 writes the shards)
+    return runner.run("harvest", inputs, run, str, code=("activations",), collective=True)
 
 
 def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: str | None, seed: int) -> TrainedSAE:
@@ -113,9 +118,14 @@ def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: st
 
     def run(folder: Path) -> Path:
         t = dataclasses.replace(tcfg, out_dir=str(folder))
+        rank, world = shard()
         result = train_sae(
             t,
-            lambda s: store.batches(t.batch_size, seed=seed, start_step=s),
+            lambda s: (
+                store.batches(t.batch_size, seed=seed, start_step=s)
+                if world == 1
+                else rank_batches(store, t, rank, world, s)
+            ),
             store.d_model,
             hook_name=store.hook_name,
             model_name=lm.spec,
@@ -124,7 +134,8 @@ def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: st
         return Path(result.sae_dir)
 
     name = "train_sae" if seed == cfg.seed else f"train_sae_seed{seed}"
-    sae_dir = runner.run(name, inputs, run, lambda f: f / "sae", code=("sae",))
+    # collective: under torchrun data-parallel training, each rank on its slice of every batch
+    sae_dir = runner.run(name, inputs, run, lambda f: f / "sae", code=("sae",), collective=True)
     sae = load_sae(sae_dir, dtype="float32")
     ArchAdapter(lm.model).check_sae(sae)
     return TrainedSAE(sae, Path(sae_dir), acts, seed)

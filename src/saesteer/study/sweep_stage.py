@@ -16,7 +16,7 @@ from saesteer.features.report import FeatureReport
 from saesteer.model.loading import LoadedModel
 from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
-from saesteer.stages import StageRunner, stable_hash
+from saesteer.stages import StageRunner, is_writer, stable_hash, sync
 from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.gate import Gate, ProjectionScorer
 from saesteer.study import dev_stages as dev
@@ -113,9 +113,14 @@ def stage_sweep(
     def run(folder: Path) -> ResultsTable:
         table = ResultsTable.open(folder / "results.json", meta={"model": ctx.model_id})
         ctx.cache = CompletionCache(folder / "completions.jsonl")
+        sync()  # under torchrun every rank resumes from the same saved state before rank 0 writes more
+        if not is_writer():
+            table.path = None  # rank 0 saves; the others hold the same rows in memory
         for i, cond in enumerate(grid, start=1):
-            print(f"[sweep] condition {i}/{len(grid)}: {cond.name}", flush=True)
+            if is_writer():
+                print(f"[sweep] condition {i}/{len(grid)}: {cond.name}", flush=True)
             evaluate_condition(ctx, cond, table)
         return table
 
-    return runner.run(name, inputs, run, lambda f: ResultsTable.load(f / "results.json"))
+    # collective: under torchrun the generation of every condition is split over the ranks
+    return runner.run(name, inputs, run, lambda f: ResultsTable.load(f / "results.json"), collective=True)
