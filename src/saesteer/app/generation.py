@@ -8,8 +8,9 @@ decision is ``score > threshold`` with the score computed by
 :func:`saesteer.steering.gate.prompt_scores`, the same function a gated ``Steering`` uses on the prompt
 pass, so the conditional row is exactly what ``saesteer generate ... --gate`` produces.
 
-Tokens stream from ``model.generate`` in a worker thread through a transformers streamer; a stopping
-criterion ends the generation as soon as the request is cancelled (the client went away).
+Tokens stream from the fast decode loop (:func:`saesteer.model.decode.decode`; ``model.generate`` for a model
+whose generation config it does not implement) in a worker thread, each step's tokens handed to a streamer;
+generation ends as soon as the request is cancelled (the client went away).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from saesteer.model.decode import decode, supported
 from saesteer.model.generation import encode_chats, eos_ids
 from saesteer.sae.base import SAE
 from saesteer.steering.engine import Steering
@@ -150,6 +152,43 @@ def run_generation(model: Any, tokenizer: Any, sae: SAE, req: GenRequest, emit: 
     )
     stop = eos_ids(model, tokenizer)
     streamer = RowStreamer(tokenizer, len(rows), stop, emit, t0)
+    with steering.apply():
+        if supported(model):
+            _decode_rows(model, tokenizer, enc, req, stop, streamer)
+        else:
+            _generate_rows(model, tokenizer, enc, req, stop, streamer)
+    secs = time.perf_counter() - t0
+    n_tokens = sum(len(t) for t in streamer.tokens)
+    return {
+        "cancelled": req.cancel.is_set(),
+        "seconds": round(secs, 4),
+        "first_token_s": None if streamer.first_token_s is None else round(streamer.first_token_s, 4),
+        "tokens": [len(t) for t in streamer.tokens],
+        "tokens_per_s": round(n_tokens / secs, 3) if secs > 0 else None,
+        "gate": gate,
+    }
+
+
+def _decode_rows(
+    model: Any, tokenizer: Any, enc: dict[str, torch.Tensor], req: GenRequest, stop: list[int], streamer: RowStreamer
+) -> None:
+    if req.do_sample:
+        torch.manual_seed(req.seed)
+    streamer.put(enc["input_ids"])  # the streamer skips the prompt, as generate() passes it first
+
+    def on_step(tokens: torch.Tensor) -> bool:
+        streamer.put(tokens)
+        return req.cancel.is_set()
+
+    decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=req.max_new_tokens, eos_ids=stop,
+           pad_id=tokenizer.pad_token_id, do_sample=req.do_sample, temperature=req.temperature, top_p=req.top_p,
+           on_step=on_step)  # fmt: skip
+    streamer.end()
+
+
+def _generate_rows(
+    model: Any, tokenizer: Any, enc: dict[str, torch.Tensor], req: GenRequest, stop: list[int], streamer: RowStreamer
+) -> None:
     kwargs: dict[str, Any] = {
         "max_new_tokens": req.max_new_tokens,
         "do_sample": req.do_sample,
@@ -163,18 +202,7 @@ def run_generation(model: Any, tokenizer: Any, sae: SAE, req: GenRequest, emit: 
         kwargs.update(temperature=req.temperature, top_p=req.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    with steering.apply():
-        model.generate(**enc, **kwargs)
-    secs = time.perf_counter() - t0
-    n_tokens = sum(len(t) for t in streamer.tokens)
-    return {
-        "cancelled": req.cancel.is_set(),
-        "seconds": round(secs, 4),
-        "first_token_s": None if streamer.first_token_s is None else round(streamer.first_token_s, 4),
-        "tokens": [len(t) for t in streamer.tokens],
-        "tokens_per_s": round(n_tokens / secs, 3) if secs > 0 else None,
-        "gate": gate,
-    }
+    model.generate(**enc, **kwargs)
 
 
 def command_line(model_spec: str, sae_path: str, req: GenRequest) -> str:

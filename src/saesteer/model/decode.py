@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -89,8 +89,13 @@ def decode(
     top_p: float = 1.0,
     min_new_tokens: int = 0,
     pack: bool = True,
+    on_step: Callable[[torch.Tensor], bool] | None = None,
 ) -> torch.Tensor:
-    """New tokens ``(batch, n <= max_new_tokens)`` for a left-padded batch (pad after EOS)."""
+    """New tokens ``(batch, n <= max_new_tokens)`` for a left-padded batch (pad after EOS).
+
+    ``on_step(tokens)`` (optional) sees each step's tokens ``(batch,)`` as they are chosen (streaming); when it
+    returns True the loop stops there (cancelled).
+    """
     from transformers import DynamicCache
 
     batch = input_ids.shape[0]
@@ -121,6 +126,8 @@ def decode(
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))
             out[:, step] = nxt
             n = step + 1
+            if on_step is not None and on_step(nxt):
+                break
             if eos.numel():
                 unfinished &= ~torch.isin(nxt, eos)
                 if not bool(unfinished.any()):
