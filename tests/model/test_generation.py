@@ -88,6 +88,25 @@ def test_fast_path_equals_hf_generate_fp32(tiny_qwen_chat) -> None:
     assert torch.equal(fast, hf[:, : fast.shape[1]])
 
 
+def test_fast_path_stop_strings_equal_hf_generate(tiny_qwen_chat) -> None:
+    """Stop strings end rows of the fast path at the token ``generate(stop_strings=...)`` ends them at."""
+    from saesteer.model.generation import decode_batch
+
+    model, tok = tiny_qwen_chat
+    enc = encode_chats(tok, PROMPTS)
+    free = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=16, fast=True))
+    # stop strings that random tokens do produce: row 0's text at steps 3-4 and row 1's at step 6
+    stops = [tok.decode(free[0, 3:5]).strip() or tok.decode(free[0, 3:5]), tok.decode(free[1, 6:7])]
+    stops = [s for s in stops if s]
+    fast = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=16, fast=True), stops)
+    hf = decode_batch(model, tok, enc, GenerationConfig(max_new_tokens=16, fast=False), stops)
+    assert fast.shape[1] < free.shape[1] or (fast == tok.pad_token_id).any()  # something stopped early
+    width = max(fast.shape[1], hf.shape[1])
+    pad = tok.pad_token_id
+    fast, hf = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (fast, hf))
+    assert torch.equal(fast, hf)
+
+
 def test_generate_sorts_by_tokens_and_keeps_order(tiny_qwen_chat) -> None:
     model, tok = tiny_qwen_chat
     cfg = GenerationConfig(max_new_tokens=5, batch_size=2)

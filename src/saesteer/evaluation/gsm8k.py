@@ -23,7 +23,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluation.benchmark import BenchmarkResult, fit_shots, rate_result
 from saesteer.evaluation.loglik import context_limit
 from saesteer.evaluation.records import MathProblem
-from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, generate, hf_generate
+from saesteer.model.generation import GenerationConfig, decode_batch, encode_chats, generate
 from saesteer.stages import deal
 
 _NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"
@@ -92,14 +92,13 @@ def _generate_plain(
     """Greedy continuations of plain-text prompts, stopped at the next ``"Question:"``."""
     from tqdm.auto import tqdm
 
-    dev = next(model.parameters()).device
-    cfg, eos = GenerationConfig(max_new_tokens=max_new_tokens), eos_ids(model, tokenizer)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     old, tokenizer.padding_side = tokenizer.padding_side, "left"
 
     def run(batch: Sequence[str]) -> list[str]:
-        enc = tokenizer(list(batch), return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        enc = tokenizer(list(batch), return_tensors="pt", padding=True, add_special_tokens=False)
         ids = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        new = hf_generate(model, ids, cfg, tokenizer.pad_token_id, eos, ["Question:"], tokenizer)
+        new = decode_batch(model, tokenizer, ids, cfg, ["Question:"])
         return list(tokenizer.batch_decode(new, skip_special_tokens=True))
 
     batches = [prompts[s : s + batch_size] for s in range(0, len(prompts), batch_size)]

@@ -21,13 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.benchmark import BenchmarkResult, rate_result
 from saesteer.evaluation.datafiles import subsample
 from saesteer.evaluation.sandbox import run_python
-from saesteer.model.generation import GenerationConfig, encode_chats, eos_ids, hf_generate
+from saesteer.model.generation import GenerationConfig, decode_batch, encode_chats
 from saesteer.stages import deal
 
 INSTRUCTION = (
@@ -128,15 +126,12 @@ CODE_STOPS = ("\n```\n", "\n```<|im_end|>")  # the closing fence of the answer's
 def generate_code(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 512, batch_size: int = 8
 ) -> list[str]:
-    """Greedy chat completions that stop at EOS or once the code block closes (``stop_strings``); batches are
-    split over the ranks of a collective stage (``saesteer.stages.deal``)."""
-    dev = next(model.parameters()).device
-    cfg, eos = GenerationConfig(max_new_tokens=max_new_tokens), eos_ids(model, tokenizer)
+    """Greedy chat completions (the fast path) that stop at EOS or once the code block closes (stop strings);
+    batches are split over the ranks of a collective stage (``saesteer.stages.deal``)."""
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
 
     def run(batch: Sequence[str]) -> list[str]:
-        enc = {k: v.to(dev) for k, v in encode_chats(tokenizer, list(batch)).items()}
-        with torch.no_grad():
-            new = hf_generate(model, enc, cfg, tokenizer.pad_token_id, eos, CODE_STOPS, tokenizer)
+        new = decode_batch(model, tokenizer, encode_chats(tokenizer, list(batch)), cfg, CODE_STOPS)
         return [tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
     batches = [prompts[s : s + batch_size] for s in range(0, len(prompts), batch_size)]

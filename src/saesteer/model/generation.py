@@ -128,8 +128,7 @@ def hf_generate(
 ) -> Any:
     """Hugging Face ``generate`` on a left-padded batch; returns only the new tokens.
 
-    ``stop_strings`` (with ``tokenizer``) also end a row once its text contains one of them; the fast
-    loop has no stop strings, so scorers that need them decode here.
+    ``stop_strings`` (with ``tokenizer``) also end a row once its text contains one of them.
     """
     kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample}
     kwargs.update(pad_token_id=pad_id, eos_token_id=eos)
@@ -143,16 +142,52 @@ def hf_generate(
     return out[:, enc["input_ids"].shape[1] :]
 
 
+class StopStrings:
+    """Ends rows of the fast loop at stop strings, as ``generate``'s ``stop_strings`` does: a row is finished at
+    the step whose token completes a stop string (or is EOS); the loop stops once every row is finished, and
+    :meth:`cut` pads each row after its finishing token."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], eos: Sequence[int], batch: int):
+        self.tokenizer, self.stops, self.eos = tokenizer, list(stops), set(eos)
+        self.window = max(len(s) for s in self.stops) + 1  # tokens: each holds at least one character
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.end: list[int | None] = [None] * batch
+
+    def __call__(self, step_tokens: torch.Tensor) -> bool:
+        for r, t in enumerate(step_tokens.tolist()):
+            if self.end[r] is not None:
+                continue
+            self.tokens[r].append(int(t))
+            tail = self.tokenizer.decode(self.tokens[r][-self.window :])
+            if t in self.eos or any(s in tail for s in self.stops):
+                self.end[r] = len(self.tokens[r])
+        return all(e is not None for e in self.end)
+
+    def cut(self, new: torch.Tensor, pad_id: int) -> torch.Tensor:
+        for r, e in enumerate(self.end):
+            if e is not None:
+                new[r, e:] = pad_id
+        return new
+
+
 @torch.no_grad()
-def decode_batch(model: Any, tokenizer: Any, enc: dict[str, torch.Tensor], cfg: GenerationConfig) -> torch.Tensor:
-    """New tokens of one left-padded batch, by the fast path where it applies, else ``generate``."""
+def decode_batch(
+    model: Any,
+    tokenizer: Any,
+    enc: dict[str, torch.Tensor],
+    cfg: GenerationConfig,
+    stop_strings: Sequence[str] = (),
+) -> torch.Tensor:
+    """New tokens of one left-padded batch, by the fast path where it applies, else ``generate``; a row also
+    ends once its text contains one of ``stop_strings``."""
     dev = next(model.parameters()).device
     enc = {k: v.to(dev) for k, v in enc.items()}
     eos = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     if not (cfg.fast and supported(model)):
-        return hf_generate(model, enc, cfg, pad_id, eos)
-    return decode(
+        return hf_generate(model, enc, cfg, pad_id, eos, stop_strings, tokenizer)
+    stops = StopStrings(tokenizer, stop_strings, eos, enc["input_ids"].shape[0]) if stop_strings else None
+    new = decode(
         model,
         enc["input_ids"],
         enc["attention_mask"],
@@ -162,7 +197,9 @@ def decode_batch(model: Any, tokenizer: Any, enc: dict[str, torch.Tensor], cfg: 
         do_sample=cfg.do_sample,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        on_step=stops,
     )
+    return stops.cut(new, pad_id) if stops else new
 
 
 def generate_batch(model: Any, tokenizer: Any, convs: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
