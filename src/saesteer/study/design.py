@@ -31,6 +31,12 @@ from saesteer.report.results import KINDS, ResultRow
 GATE_TYPES = ("feature", "direction", "probe", "fitted")
 CLAMP_UNITS = ("absolute", "max")
 GRID_FORMAT = "saesteer.sweep_grid.v1"
+# the source a scored condition depends on (stage cache keys): not the report, the app or the CLI, so a change
+# in how results are presented never reruns an hour of generation
+SCORING_CODE = (
+    "model", "sae", "steering", "gating", "evaluation", "stages", "report/results",
+    "study/config", "study/design", "study/prompts", "study/sweep_eval", "study/sweep_stage", "study/dev_stages",
+)  # fmt: skip
 
 
 @dataclass

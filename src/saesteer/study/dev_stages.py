@@ -30,7 +30,7 @@ from saesteer.stages import StageRunner
 from saesteer.steering.direction import RefusalDirection, compute_refusal_direction
 from saesteer.steering.gate import Gate, ProjectionScorer, fit_probe, prompt_activations
 from saesteer.study.config import StudyConfig
-from saesteer.study.design import Condition
+from saesteer.study.design import SCORING_CODE, Condition
 from saesteer.study.prompts import StudyPrompts, digest
 from saesteer.study.sae_stages import Corpus, TrainedSAE
 
@@ -229,7 +229,7 @@ def stage_choice(
         "gen": config_to_dict(gen),
         "judge": cfg.safety.judge,
     }
-    return runner.run("choice", inputs, run, _load_choice, code=("steering", "evaluation", "study"))
+    return runner.run("choice", inputs, run, _load_choice, code=SCORING_CODE)
 
 
 def with_objective(rates: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

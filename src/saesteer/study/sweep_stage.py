@@ -21,7 +21,7 @@ from saesteer.steering.direction import RefusalDirection
 from saesteer.steering.gate import Gate, ProjectionScorer
 from saesteer.study import dev_stages as dev
 from saesteer.study.config import StudyConfig
-from saesteer.study.design import Condition, build_grid, gate_types
+from saesteer.study.design import SCORING_CODE, Condition, build_grid, gate_types
 from saesteer.study.prompts import StudyPrompts
 from saesteer.study.sweep_eval import SweepContext, evaluate_condition
 
@@ -123,4 +123,5 @@ def stage_sweep(
         return table
 
     # collective: under torchrun the generation of every condition is split over the ranks
-    return runner.run(name, inputs, run, lambda f: ResultsTable.load(f / "results.json"), collective=True)
+    load = lambda f: ResultsTable.load(f / "results.json")  # noqa: E731
+    return runner.run(name, inputs, run, load, code=SCORING_CODE, collective=True)
