@@ -83,6 +83,11 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     assert list(out.glob("gate_fit-*/gate.safetensors")) and "**Gate variants (dev)**" in md
     sae_metrics = json.loads((report / "sae_metrics.json").read_text())
     assert {"activations", "web", "web_all_positions", "chat"} <= set(sae_metrics)
+    # web text and chat fidelity side by side, before and after the KL fine-tune (which trained on real tokens)
+    tuned = json.loads((report / "sae_finetune.json").read_text())
+    assert tuned["cost"]["tokens"] > 0 and {"web", "chat"} <= set(tuned)
+    fid = md[md.index("**SAE fidelity**") :]
+    assert "| measure | web text | chat | web text, KL fine-tuned | chat, KL fine-tuned |" in fid
     if not with_data:
         seeds = json.loads((report / "seeds.json").read_text())
         assert [r["seed"] for r in seeds["seeds"]] == [0, 1] and "gain" in seeds

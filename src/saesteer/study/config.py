@@ -27,6 +27,7 @@ from saesteer.evaluation.multiturn import MultiTurnConfig
 from saesteer.evaluation.safety import SafetyConfig
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.model.generation import GenerationConfig
+from saesteer.sae.finetune import FinetuneConfig
 from saesteer.sae.train import TrainConfig
 from saesteer.study.design import SweepConfig
 
@@ -89,6 +90,7 @@ class StudyConfig:
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     chat: ChatDataConfig = field(default_factory=ChatDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     features: FindFeaturesConfig = field(default_factory=FindFeaturesConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     dev: DevConfig = field(default_factory=DevConfig)
@@ -139,6 +141,9 @@ STUDY_OWNED: dict[str, str] = {
     "train.out_dir": "out_dir",
     "train.seed": "seed",
     "train.total_tokens": "harvest.n_tokens (the SAE trains on every harvested token once)",
+    "finetune.out_dir": "out_dir",
+    "finetune.context_len": "harvest.context_len",
+    "finetune.outlier_factor": "harvest.outlier_factor",
     "features.sae": "sae",
     "features.out": "out_dir",
     "features.data_dir": "data_dir",
@@ -175,6 +180,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "chat.n": 8,
         "chat.max_new_tokens": 12,
         "train.batch_size": 800,
+        "finetune.tokens": 512,
+        "finetune.batch_windows": 2,
         "features.n_harmful": 6,
         "features.n_rank": 12,
         "features.n_attribution": 6,
@@ -209,6 +216,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "chat.n": 200,
         "chat.max_new_tokens": 48,
         "train.batch_size": 4096,
+        "finetune.tokens": 16_384,
         "features.n_harmful": 32,
         "features.n_rank": 64,
         "features.n_attribution": 32,
@@ -236,6 +244,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "chat.n": 1000,
         "chat.max_new_tokens": 128,
         "train.batch_size": 4096,
+        "finetune.tokens": 262_144,
         "features.n_harmful": 80,
         "features.max_screen": 60,
         "features.n_generate": 10,

@@ -73,6 +73,39 @@ def sae_table(trained: TrainedSAE, metrics: Mapping[str, Any]) -> Table:
     return Table("SAE", ["field", "value"], rows, "CE and KL in nats per token; FVU = unexplained variance share.")
 
 
+FIDELITY_ROWS = (  # (label, section of the metrics, key): web text and chat side by side
+    ("held-out FVU", ("activations", "corpus"), ("activations", "chat"), "fvu"),
+    ("held-out dead latents", ("activations", "corpus"), ("activations", "chat"), "dead_frac"),
+    ("spliced CE increase (nats/token)", ("web",), ("chat",), "ce_increase"),
+    ("spliced KL (nats/token)", ("web",), ("chat",), "kl_spliced"),
+    ("CE recovered", ("web",), ("chat",), "ce_recovered"),
+)
+
+
+def _at(metrics: Mapping[str, Any], path: tuple[str, ...], key: str) -> str:
+    m: Any = metrics
+    for part in path:
+        m = m.get(part) if isinstance(m, Mapping) else None
+    return _num(m.get(key)) if isinstance(m, Mapping) else "-"
+
+
+def fidelity_table(metrics: Mapping[str, Any]) -> Table:
+    """SAE fidelity on web text and on chat side by side, and after the KL fine-tune when it ran."""
+    tuned = metrics.get("finetuned")
+    headers = ["measure", "web text", "chat"] + (["web text, KL fine-tuned", "chat, KL fine-tuned"] if tuned else [])
+    rows = []
+    for label, web, chat, key in FIDELITY_ROWS:
+        row = [label, _at(metrics, web, key), _at(metrics, chat, key)]
+        rows.append(row + ([_at(tuned, web, key), _at(tuned, chat, key)] if tuned else []))
+    note = "Web text: the corpus texts the harvest read last (held-out shard for FVU); chat: the unsteered model's "
+    note += "own responses to harmless dev prompts. Dead: never active in the held-out window."
+    if tuned:
+        c = tuned["cost"]
+        note += (f" KL fine-tune: {c['tokens']:,} tokens in {c['seconds']:.0f} s ({c['tokens_per_s']:.0f} tokens/s);"
+                 " steering uses the MSE-trained SAE.")  # fmt: skip
+    return Table("SAE fidelity", headers, rows, note)
+
+
 def features_tables(features: FeatureReport) -> list[Table]:
     c = features.chosen
     rows = [["refusal feature", _num(features.refusal_feature)], ["passed the screen", str(features.chosen_passed)]]
@@ -196,6 +229,7 @@ def write_study_report(
         table=table, conditions=grid, headline=headline,
         title=f"saesteer reproduce: {lm.spec}, profile {cfg.profile}",
         setup=[Table("Model", ["field", "value"], model_rows), sae_table(trained, sae_metrics),
+               fidelity_table(sae_metrics),
                *features_tables(features), choice_table(choice), splits_table(splits)],
         details=[*([seeds_table(seeds)] if seeds else []), *([gate_table(fitted)] if fitted else []),
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
@@ -209,7 +243,8 @@ def write_study_report(
 
 
 def _copy_provenance(report_dir: Path, runner: StageRunner, trained: TrainedSAE) -> None:
-    sources = {"features.md": ("features", "features.md"), "sae_metrics.json": ("sae_metrics", "sae_metrics.json")}
+    sources = {"features.md": ("features", "features.md"), "sae_metrics.json": ("sae_metrics", "sae_metrics.json"),
+               "sae_finetune.json": ("sae_finetune", "finetune.json")}  # fmt: skip
     paths = {name: runner.folders[st] / f for name, (st, f) in sources.items() if st in runner.folders}
     paths["sae_train_summary.json"] = trained.folder.parent / "train_summary.json"
     if trained.acts:

@@ -5,7 +5,8 @@
  3. harvest      activations at the hook on corpus windows and the model's own chat conversations
  4. train_sae    a Top-k SAE on the harvest
  5. sae_metrics  held-out FVU, spliced CE / KL increase on corpus text and on the model's own chat responses
-                (the unsteered responses to harmless dev prompts, also the text of the KL / CE measure)
+                (the unsteered responses to harmless dev prompts, also the text of the KL / CE measure);
+                the same after a KL fine-tune of the SAE (``sae_finetune``, reported beside; steering uses the MSE SAE)
  6. direction    the difference-in-means refusal direction (dev)
  7. features     refusal-feature discovery and a verified-neutral control (dev)
  8. gates        the fitted gate (saesteer.gating's best variant) and the harm probe of a probe gate (dev)
@@ -61,6 +62,8 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     base = cap.stage_base_responses(runner, lm, cfg, prompts)
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in zip(*base, strict=True)]
     metrics = sae_st.stage_sae_metrics(runner, lm, cfg, trained, corpus, chats)  # 5
+    finetuned = sae_st.stage_finetune(runner, lm, cfg, trained, corpus, chats)
+    metrics = {**metrics, **({"finetuned": finetuned} if finetuned else {})}
     direction = dev.stage_direction(runner, lm, cfg, prompts)  # 6
     features = dev.stage_features(runner, lm, cfg, trained, corpus, prompts)  # 7
     gates = study_gates(cfg, real)

@@ -22,8 +22,9 @@ from saesteer.evaluation.datasets import DATA_FILES, data_dir
 from saesteer.model.adapter import ArchAdapter
 from saesteer.model.generation import GenerationConfig
 from saesteer.model.loading import LoadedModel
-from saesteer.sae.base import SAE
-from saesteer.sae.io import load_sae
+from saesteer.sae.base import SAE, TopKSAE
+from saesteer.sae.finetune import finetune_kl, windows_after_harvest
+from saesteer.sae.io import load_sae, save_sae
 from saesteer.sae.metrics import SaeEvalConfig, corpus_windows, evaluate_sae, spliced_over
 from saesteer.sae.train import rank_batches, train_sae
 from saesteer.stages import StageRunner, is_writer, shard, stable_hash, sync
@@ -152,16 +153,10 @@ def stage_sae_metrics(
     """Held-out FVU / L0 / dead latents (by token kind), and the spliced CE / KL increase on corpus texts the
     harvest read last (as harvested: outlier positions unspliced; and at every position) and on chat
     conversations (the unsteered model's own responses to harmless dev prompts)."""
-    ecfg = SaeEvalConfig(n_texts=cfg.dev.sae_eval_texts, context_len=cfg.harvest.context_len,
-                         outlier_factor=cfg.harvest.outlier_factor)  # fmt: skip
+    ecfg = eval_config(cfg)
 
     def run(folder: Path) -> dict[str, Any]:
-        sae, store = trained.sae, ActivationStore(trained.acts) if trained.acts else None
-        out: dict[str, Any] = {"sae": str(trained.folder)}
-        out |= evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store, conversations=chats or None)
-        ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
-        for key, factor in (("web", ecfg.outlier_factor), ("web_all_positions", 0.0)):
-            out[key] = spliced_over(lm.model, sae, ids, mask, ecfg.batch_size, factor)
+        out = {"sae": str(trained.folder), **fidelity(lm, trained.sae, trained.acts, ecfg, corpus, chats)}
         atomic_write_json(folder / "sae_metrics.json", out)
         return out
 
@@ -169,4 +164,56 @@ def stage_sae_metrics(
               "chats": stable_hash(chats)}  # fmt: skip
     return runner.run(
         "sae_metrics", inputs, run, lambda f: json.loads((f / "sae_metrics.json").read_text()), code=("sae",)
+    )
+
+
+def eval_config(cfg: StudyConfig) -> SaeEvalConfig:
+    return SaeEvalConfig(n_texts=cfg.dev.sae_eval_texts, context_len=cfg.harvest.context_len,
+                         outlier_factor=cfg.harvest.outlier_factor)  # fmt: skip
+
+
+def fidelity(
+    lm: LoadedModel, sae: SAE, acts: str | None, ecfg: SaeEvalConfig, corpus: Corpus, chats: list[list[dict[str, str]]]
+) -> dict[str, Any]:
+    """Held-out FVU by token kind (with a harvest), spliced CE / KL on chat and on corpus text (as harvested, and
+    at every position)."""
+    store = ActivationStore(acts) if acts else None
+    out = evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store, conversations=chats or None)
+    ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
+    for key, factor in (("web", ecfg.outlier_factor), ("web_all_positions", 0.0)):
+        out[key] = spliced_over(lm.model, sae, ids, mask, ecfg.batch_size, factor)
+    return dict(out)
+
+
+def stage_finetune(
+    runner: StageRunner,
+    lm: LoadedModel,
+    cfg: StudyConfig,
+    trained: TrainedSAE,
+    corpus: Corpus,
+    chats: list[list[dict[str, str]]],
+) -> dict[str, Any] | None:
+    """KL fine-tune of the trained SAE on harvest-stream windows the SAE never saw, and its fidelity after (the
+    ``sae_metrics`` stage has it before); the study steers with the MSE-trained SAE either way."""
+    if cfg.finetune.tokens <= 0 or trained.acts is None or not isinstance(trained.sae, TopKSAE):
+        return None
+    acts, ecfg = trained.acts, eval_config(cfg)
+    fcfg = dataclasses.replace(cfg.finetune, context_len=cfg.harvest.context_len,
+                               outlier_factor=cfg.harvest.outlier_factor)  # fmt: skip
+
+    def run(folder: Path) -> dict[str, Any]:
+        chat_file = Path(acts) / "chat.jsonl"
+        windows = windows_after_harvest(acts, lm.tokenizer, read_chat_file(chat_file) if chat_file.is_file() else [])
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        res = finetune_kl(lm.model, trained.sae, windows, dataclasses.replace(fcfg, out_dir=str(folder / "ckpt")), pad)
+        save_sae(res.sae, folder / "sae")
+        cost = {"tokens": res.tokens, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s, "steps": res.steps}
+        out = {"sae": str(folder / "sae"), "cost": cost, **fidelity(lm, res.sae, acts, ecfg, corpus, chats)}
+        atomic_write_json(folder / "finetune.json", out)
+        return out
+
+    inputs = {"sae": str(trained.folder), "finetune": config_to_dict(fcfg), "eval": config_to_dict(ecfg),
+              "chats": stable_hash(chats)}  # fmt: skip
+    return runner.run(
+        "sae_finetune", inputs, run, lambda f: json.loads((f / "finetune.json").read_text()), code=("sae",)
     )
