@@ -65,6 +65,12 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     metrics = {r["metric"] for r in results["rows"]}
     assert {"unsafe_refusal", "safe_refusal", "mmlu", "gsm8k", "humaneval", "kl", "delta_ce"} <= metrics
     assert ("fractured_asr" in metrics) == with_data  # FRACTURED-SORRY-Bench has no built-in stand-in
+    # the generalisation sets (datasets no dev purpose drew from) are scored apart from the pooled safety sets
+    assert ({"unseen_unsafe_refusal", "unseen_safe_refusal"} <= metrics) == with_data
+    if with_data:
+        assert not {"donotanswer", "builtin_harmful", "builtin_harmless"} & set(splits["purposes"]["gate"]["datasets"])
+        gates = md[md.index("**Gates on the test splits**") :]
+        assert "| condition | gain kept | over-refusal, look-alikes | over-refusal, Alpaca |" in gates
     assert all(r["n"] > 0 for r in results["rows"])
     # per-item outcomes behind every safety row (paired intervals), and a firing rate per gated condition
     items = {(i["condition"], i["metric"]): i["values"] for i in results["items"]}

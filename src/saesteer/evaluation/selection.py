@@ -41,6 +41,9 @@ class StudySizes:
 
 
 SAFETY_TEST_SETS = ("harmbench:test", "jbb:harmful", "advbench", "xstest:unsafe", "xstest:safe", "jbb:benign")
+#: scored sets of datasets no gate or feature choice draws from: the generalisation check (the SAE's chat data
+#: holds Do-Not-Answer dev prompts; nothing else of these datasets is used)
+UNSEEN_TEST_SETS = ("donotanswer", "builtin_harmful", "builtin_harmless")
 
 
 def study_takes(real_data: bool, sizes: StudySizes) -> list[Take]:
@@ -79,12 +82,12 @@ def study_takes(real_data: bool, sizes: StudySizes) -> list[Take]:
         Take("alpaca", "clamp_choice", s.clamp_n),
         Take("xstest:safe", "clamp_choice", s.clamp_n),
         Take("harmbench", "gate", None),
-        Take("donotanswer", "gate", s.gate_n),
         Take("alpaca", "gate", 2 * s.gate_n),
         Take("xstest:safe", "gate", None),
         Take("builtin_xsafe", "gate", None),
         *[Take(name, "test", s.safety_n) for name in SAFETY_TEST_SETS],
         Take("alpaca", "test", s.alpaca_n),
+        *[Take(name, "test", s.safety_n) for name in UNSEEN_TEST_SETS],
     ]
 
 

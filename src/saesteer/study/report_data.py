@@ -29,6 +29,7 @@ from saesteer.stages import StageRunner
 from saesteer.study.config import StudyConfig
 from saesteer.study.design import Condition
 from saesteer.study.dev_stages import Choice, FittedGate
+from saesteer.study.gate_table import gate_test_table
 from saesteer.study.prompts import StudyPrompts
 from saesteer.study.publish import mark
 from saesteer.study.sae_stages import TrainedSAE
@@ -220,7 +221,9 @@ def write_study_report(
     cache = runner.folders.get("sweep", report_dir) / "completions.jsonl"
     headline = Headline(choice.clamp, choice.gate, dev=True)
     data = ReportData(table=table, conditions=grid, headline=headline)
-    names = headline_names(data, data.derived())
+    derived = data.derived()
+    names = headline_names(data, derived)
+    gates_test = gate_test_table(table, derived, choice.clamp)
     model_rows = [["model", lm.spec], ["dtype", str(lm.dtype)], ["hook", cfg.hook]]
     model_rows += [[k, _num(v)] for k, v in ArchAdapter(lm.model).info().items()]
     stages = [StageTime(n, s, throughput(lm.tokenizer, cache, table) if n == "sweep" else "")
@@ -231,7 +234,8 @@ def write_study_report(
         setup=[Table("Model", ["field", "value"], model_rows), sae_table(trained, sae_metrics),
                fidelity_table(sae_metrics),
                *features_tables(features), choice_table(choice), splits_table(splits)],
-        details=[*([seeds_table(seeds)] if seeds else []), *([gate_table(fitted)] if fitted else []),
+        details=[*([seeds_table(seeds)] if seeds else []), *([gates_test] if gates_test else []),
+                 *([gate_table(fitted)] if fitted else []),
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
         stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,
         notes=[f"Total wall time of this run: {wall_seconds:.0f} s (stages served from the cache count their "

@@ -22,6 +22,7 @@ from saesteer.evaluation.divergence import steering_divergence
 from saesteer.evaluation.humaneval import chat_prompt, score_humaneval
 from saesteer.evaluation.multiturn import run_multiturn
 from saesteer.evaluation.safety import CompletionCache, refusal_rate
+from saesteer.evaluation.selection import UNSEEN_TEST_SETS
 from saesteer.model.generation import GenerationConfig
 from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
@@ -34,6 +35,7 @@ from saesteer.study.design import Condition
 from saesteer.study.prompts import StudyPrompts
 
 SAFETY_METRICS = ("unsafe_refusal", "safe_refusal")
+UNSEEN_METRICS = ("unseen_unsafe_refusal", "unseen_safe_refusal")  # on UNSEEN_TEST_SETS, apart from the pool
 CAPABILITY_METRICS = ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k")
 DIVERGENCE_METRICS = ("kl", "delta_ce")
 MULTITURN_METRICS = ("fractured_asr", "crescendo_asr")
@@ -116,7 +118,7 @@ def steered(ctx: SweepContext, steering: Steering | None) -> Iterator[None]:
 def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) -> None:
     """Measure every missing metric of ``cond`` and append the rows (with per-item outcomes) to ``table``."""
     steering = steering_from_context(ctx, cond)
-    if any(not table.has(cond.name, m) for m in SAFETY_METRICS):
+    if any(not table.has(cond.name, m) for m in _safety_metrics(ctx)):
         _safety(ctx, cond, steering, table)
     if cond.name in ctx.capability_conditions:
         if any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
@@ -139,24 +141,30 @@ def _safety(ctx: SweepContext, cond: Condition, steering: Steering | None, table
     cfg = ctx.cfg
     gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
     t0 = time.time()
-    sides: dict[str, dict[str, float]] = {"unsafe": {}, "safe": {}}
-    sets: dict[str, list[str]] = {"unsafe": [], "safe": []}
+    items: dict[str, dict[str, float]] = {m: {} for m in (*SAFETY_METRICS, *UNSEEN_METRICS)}
+    sets: dict[str, list[str]] = {m: [] for m in items}
     with steered(ctx, steering):
         for name, ps in ctx.prompts.test_sets().items():
             side = "unsafe" if ps[0].should_refuse else "safe"
+            metric = ("unseen_" if name in UNSEEN_TEST_SETS else "") + f"{side}_refusal"
             r = refusal_rate(
                 ctx.model, ctx.tokenizer, ps, cfg.safety.judge, gen, ctx.cache, ctx.model_id, cond.key, name, side,
                 progress=True,
             )  # fmt: skip
-            sides[side] |= {f"{name}/{pid}": float(v) for pid, v in zip(r.prompt_ids, r.refusals, strict=True)}
-            sets[side].append(name)
+            items[metric] |= {f"{name}/{pid}": float(v) for pid, v in zip(r.prompt_ids, r.refusals, strict=True)}
+            sets[metric].append(name)
     secs = time.time() - t0
-    for side, metric in (("unsafe", "unsafe_refusal"), ("safe", "safe_refusal")):
-        items = sides[side]
-        k = int(sum(items.values()))
-        table.add(cond.rate_row(metric, k, len(items), sets[side], secs / 2), replace=True, items=items)
+    for metric in _safety_metrics(ctx):
+        k = int(sum(items[metric].values()))
+        row = cond.rate_row(metric, k, len(items[metric]), sets[metric], secs / 2)
+        table.add(row, replace=True, items=items[metric])
     u, s = (table.get(cond.name, m) for m in SAFETY_METRICS)
     ctx.log(f"  {cond.name}: unsafe refusal {u.score:.1%} (n={u.n}), safe refusal {s.score:.1%} (n={s.n})")  # type: ignore[union-attr]
+
+
+def _safety_metrics(ctx: SweepContext) -> tuple[str, ...]:
+    unseen = any(name in UNSEEN_TEST_SETS for name in ctx.prompts.test_sets())
+    return SAFETY_METRICS + (UNSEEN_METRICS if unseen else ())
 
 
 def _item_values(metric: str, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
