@@ -31,33 +31,12 @@ from typing import Any
 
 import torch
 
+from saesteer.machine import machine_limits
 from saesteer.model.adapter import ArchAdapter
 from saesteer.model.decode import decode
 from saesteer.model.generation import encode_chats, eos_ids
 from saesteer.steering import ClampFeature, FeatureScorer, Gate, Steering
 from steer_overhead import PROMPTS, build_sae
-
-
-def machine_limits(seconds: float = 2.0) -> tuple[float, float]:
-    """(bf16 matmul GFLOP/s, memory bandwidth GB/s) measured now, best of repeated runs."""
-    a = torch.randn(4096, 4096).to(torch.bfloat16)
-    b = torch.randn(4096, 4096).to(torch.bfloat16)
-    torch.mm(a, b)
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    gflops = 2 * 4096**3 / best / 1e9
-    src = torch.ones(256 * 2**20 // 4)  # 256 MiB, well beyond the caches
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
-    return gflops, 2 * src.numel() * 4 / best / 1e9  # read + write
 
 
 def step_cost(model: Any, batch: int) -> tuple[float, float]:

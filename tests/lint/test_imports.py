@@ -94,7 +94,7 @@ def test_library_never_imports_the_cli() -> None:
 
 # the packages bottom-up: each may import only those before it (the README's layout table, in this order)
 LAYERS = [
-    ("errors", "config", "stages"),
+    ("errors", "config", "stages", "machine"),
     ("model",),
     ("activations",),
     ("sae",),

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saesteer.config import atomic_write_json, config_to_dict
 from saesteer.evaluation.safety import CompletionCache, cache_key
 from saesteer.evaluation.splits import check_disjoint
@@ -208,7 +210,7 @@ def write_study_report(
     report_dir: Path, *, lm: LoadedModel, cfg: StudyConfig, table: ResultsTable, grid: list[Condition],
     choice: Choice, features: FeatureReport, trained: TrainedSAE, sae_metrics: Mapping[str, Any],
     prompts: StudyPrompts, runner: StageRunner, seed_runs: list[SeedRun], fitted: FittedGate | None,
-    wall_seconds: float,
+    wall_seconds: float, machine: tuple[float, float] | None = None,
 ) -> None:  # fmt: skip
     """Write the report and its provenance files into ``report_dir`` (marked as a saesteer report)."""
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -239,11 +241,19 @@ def write_study_report(
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
         stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,
         notes=[f"Total wall time of this run: {wall_seconds:.0f} s (stages served from the cache count their "
-               "original time in the stage table)."],
+               "original time in the stage table).", *machine_note(machine)],
     )  # fmt: skip
     write_report(report_dir, data)
     _copy_provenance(report_dir, runner, trained)
     mark(report_dir)
+
+
+def machine_note(machine: tuple[float, float] | None) -> list[str]:
+    if machine is None:
+        return []
+    return [f"Machine reference, measured at the start of this run: bf16 4096x4096 matmul {machine[0]:.0f} GFLOP/s, "
+            f"memory copy {machine[1]:.1f} GB/s, {torch.get_num_threads()} threads. Machines of one kind differ "
+            "2-3x: read the wall times beside these numbers."]  # fmt: skip
 
 
 def _copy_provenance(report_dir: Path, runner: StageRunner, trained: TrainedSAE) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from saesteer.evaluation.datasets import data_dir
+from saesteer.machine import machine_limits
 from saesteer.model.loading import LoadedModel
 from saesteer.stages import StageRunner, is_writer
 from saesteer.study import capability as cap
@@ -53,6 +54,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(root, log=print if is_writer() else lambda _: None)
     t_all = time.time()
+    machine = machine_limits(1.0) if is_writer() else None  # the reference the wall times are read beside
     real = data_dir(cfg.data_dir) is not None
 
     prompts = draw_prompts(cfg, real)  # 1
@@ -91,7 +93,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     write_study_report(
         report_dir, lm=lm, cfg=cfg, table=table, grid=scored, choice=choice, features=features,
         trained=trained, sae_metrics=metrics, prompts=prompts, runner=runner, seed_runs=seed_runs,
-        fitted=fitted, wall_seconds=time.time() - t_all,
+        fitted=fitted, wall_seconds=time.time() - t_all, machine=machine,
     )  # fmt: skip
     if cfg.report_dir:
         print(f"report published to {publish_report(report_dir, Path(cfg.report_dir))}")

@@ -195,7 +195,8 @@ def stage_finetune(
 ) -> dict[str, Any] | None:
     """KL fine-tune of the trained SAE on harvest-stream windows the SAE never saw, and its fidelity after (the
     ``sae_metrics`` stage has it before); the study steers with the MSE-trained SAE either way."""
-    if cfg.finetune.tokens <= 0 or trained.acts is None or not isinstance(trained.sae, TopKSAE):
+    sae = trained.sae
+    if cfg.finetune.tokens <= 0 or trained.acts is None or not isinstance(sae, TopKSAE):
         return None
     acts, ecfg = trained.acts, eval_config(cfg)
     fcfg = dataclasses.replace(cfg.finetune, context_len=cfg.harvest.context_len,
@@ -205,7 +206,7 @@ def stage_finetune(
         chat_file = Path(acts) / "chat.jsonl"
         windows = windows_after_harvest(acts, lm.tokenizer, read_chat_file(chat_file) if chat_file.is_file() else [])
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-        res = finetune_kl(lm.model, trained.sae, windows, dataclasses.replace(fcfg, out_dir=str(folder / "ckpt")), pad)
+        res = finetune_kl(lm.model, sae, windows, dataclasses.replace(fcfg, out_dir=str(folder / "ckpt")), pad)
         save_sae(res.sae, folder / "sae")
         cost = {"tokens": res.tokens, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s, "steps": res.steps}
         out = {"sae": str(folder / "sae"), "cost": cost, **fidelity(lm, res.sae, acts, ecfg, corpus, chats)}
