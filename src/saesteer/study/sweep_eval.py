@@ -23,6 +23,7 @@ from saesteer.evaluation.humaneval import chat_prompt, score_humaneval
 from saesteer.evaluation.multiturn import run_multiturn
 from saesteer.evaluation.safety import CompletionCache, refusal_rate
 from saesteer.evaluation.selection import UNSEEN_TEST_SETS
+from saesteer.evaluation.splits import PURPOSES
 from saesteer.model.generation import GenerationConfig
 from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
@@ -143,10 +144,11 @@ def _safety(ctx: SweepContext, cond: Condition, steering: Steering | None, table
     t0 = time.time()
     items: dict[str, dict[str, float]] = {m: {} for m in (*SAFETY_METRICS, *UNSEEN_METRICS)}
     sets: dict[str, list[str]] = {m: [] for m in items}
+    unseen = _unseen_sets(ctx)
     with steered(ctx, steering):
         for name, ps in ctx.prompts.test_sets().items():
             side = "unsafe" if ps[0].should_refuse else "safe"
-            metric = ("unseen_" if name in UNSEEN_TEST_SETS else "") + f"{side}_refusal"
+            metric = ("unseen_" if name in unseen else "") + f"{side}_refusal"
             r = refusal_rate(
                 ctx.model, ctx.tokenizer, ps, cfg.safety.judge, gen, ctx.cache, ctx.model_id, cond.key, name, side,
                 progress=True,
@@ -162,9 +164,16 @@ def _safety(ctx: SweepContext, cond: Condition, steering: Steering | None, table
     ctx.log(f"  {cond.name}: unsafe refusal {u.score:.1%} (n={u.n}), safe refusal {s.score:.1%} (n={s.n})")  # type: ignore[union-attr]
 
 
+def _unseen_sets(ctx: SweepContext) -> set[str]:
+    """The scored sets of UNSEEN_TEST_SETS that no choosing dev purpose drew from in this run (with no data
+    directory the built-in suites serve dev purposes, so none is unseen)."""
+    dev = [p for p in PURPOSES if p not in ("test", "sae_chat")]
+    used = {ds.split(":")[0] for p in dev for ds in ctx.prompts.datasets(p)}
+    return {n for n in ctx.prompts.test_sets() if n in UNSEEN_TEST_SETS and n.split(":")[0] not in used}
+
+
 def _safety_metrics(ctx: SweepContext) -> tuple[str, ...]:
-    unseen = any(name in UNSEEN_TEST_SETS for name in ctx.prompts.test_sets())
-    return SAFETY_METRICS + (UNSEEN_METRICS if unseen else ())
+    return SAFETY_METRICS + (UNSEEN_METRICS if _unseen_sets(ctx) else ())
 
 
 def _item_values(metric: str, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
