@@ -71,6 +71,16 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         assert not {"donotanswer", "builtin_harmful", "builtin_harmless"} & set(splits["purposes"]["gate"]["datasets"])
         gates = md[md.index("**Gates on the test splits**") :]
         assert "| condition | gain kept | over-refusal, look-alikes | over-refusal, Alpaca |" in gates
+        from saesteer.report.results import ResultsTable
+        from saesteer.study.gate_table import subset_diff
+
+        table = ResultsTable.load(next(out.glob("sweep-*/results.json")))
+        other = next(r.condition for r in table.rows if r.condition != "baseline")
+        clamp, base = (table.items(c, "safe_refusal") for c in (other, "baseline"))
+        diff = subset_diff(table, "safe_refusal", "baseline", other)  # steered minus baseline
+        assert diff is not None and diff.value == pytest.approx(
+            (sum(clamp.values()) - sum(base.values())) / len(base)  # type: ignore[union-attr]
+        )
     assert all(r["n"] > 0 for r in results["rows"])
     # per-item outcomes behind every safety row (paired intervals), and a firing rate per gated condition
     items = {(i["condition"], i["metric"]): i["values"] for i in results["items"]}

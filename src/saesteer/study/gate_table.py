@@ -32,7 +32,7 @@ def subset_diff(
     keys = [k for k in ia if k in ib and (not datasets or k.split("/", 1)[0] in datasets)]
     if not keys:
         return None
-    est = paired.paired_diff_ci([ia[k] == 1.0 for k in keys], [ib[k] == 1.0 for k in keys])
+    est = paired.paired_diff_ci([ib[k] == 1.0 for k in keys], [ia[k] == 1.0 for k in keys])  # cond - base
     return Estimate.paired(est)
 
 
