@@ -92,11 +92,11 @@ def stage_harvest(
 
     def run(folder: Path) -> str:
         gen = GenerationConfig(max_new_tokens=cfg.chat.max_new_tokens, batch_size=cfg.generation.batch_size)
-        chat = build_chat_data(lm.model, lm.tokenizer, chat_prompts, folder / "chat.jsonl", gen) if is_writer() else []
-        sync()  # rank 0 generated the conversations; every rank harvests them
-        if not is_writer():
-            done = {c[0]["content"]: c for c in read_chat_file(folder / "chat.jsonl")} if chat_prompts else {}
-            chat = [done[p] for p in dict.fromkeys(chat_prompts) if p in done]
+        writer = is_writer()
+        chat = build_chat_data(lm.model, lm.tokenizer, chat_prompts, folder / "chat.jsonl", gen) if writer else []
+        sync()  # rank 0 generated the conversations; the others read them from its finished file
+        if not writer:
+            chat = build_chat_data(lm.model, lm.tokenizer, chat_prompts, folder / "chat.jsonl", gen, progress=False)
         return str(harvest(lm.model, lm.tokenizer, dataclasses.replace(hcfg, out_dir=str(folder)), lm.spec, chat=chat))
 
     # collective: under torchrun every rank harvests its share of the windows (rank 0 writes the shards)
