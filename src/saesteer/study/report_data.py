@@ -100,8 +100,12 @@ def fidelity_table(metrics: Mapping[str, Any]) -> Table:
     for label, web, chat, key in FIDELITY_ROWS:
         row = [label, _at(metrics, web, key), _at(metrics, chat, key)]
         rows.append(row + ([_at(tuned, web, key), _at(tuned, chat, key)] if tuned else []))
-    note = "Web text: the corpus texts the harvest read last (held-out shard for FVU); chat: the unsteered model's "
-    note += "own responses to harmless dev prompts. Dead: never active in the held-out window."
+    web = metrics.get("web", {})
+    note = f"Web text: {web.get('n_windows', '?')} corpus windows of the harvest's held-out split (packed and "
+    note += "shuffled as in training, never trained on); chat: the unsteered model's own responses to harmless dev "
+    window = metrics.get("dead_window_tokens")
+    note += "prompts. Dead: never active in the held-out window"
+    note += f" ({int(window):,} tokens)." if isinstance(window, (int, float)) else "."
     if tuned:
         c = tuned["cost"]
         note += (f" KL fine-tune: {c['tokens']:,} tokens in {c['seconds']:.0f} s ({c['tokens_per_s']:.0f} tokens/s);"

@@ -3,19 +3,26 @@
 The SAE is a Top-k autoencoder trained on residual-stream activations ``x`` at the study's hook; its
 metrics are the held-out fraction of variance unexplained ``FVU = |x - x_hat|^2 / |x - mean(x)|^2`` and,
 spliced into the model, the increase in next-token cross-entropy and the KL divergence to the unspliced
-model on corpus texts the harvest did not read.
+model. Web text is measured on the harvest's held-out corpus windows: the same shuffled, packed stream the
+SAE trained on, in windows it never saw (the last texts of the corpus file are one source, Python's RST
+docs, read from their first token: not a sample of what the SAE models). Without a harvest, on the
+corpus file's last texts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saesteer.activations.chat import build_chat_data, read_chat_file
-from saesteer.activations.harvest import corpus_identity, harvest
-from saesteer.activations.store import ActivationStore
+from saesteer.activations.harvest import HarvestConfig, corpus_identity, harvest, right_pad, window_stream
+from saesteer.activations.sources import CORPUS
+from saesteer.activations.store import ActivationStore, read_manifest
 from saesteer.config import atomic_write_json, atomic_write_text, config_to_dict
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.datasets import DATA_FILES, data_dir
@@ -32,6 +39,8 @@ from saesteer.study.config import StudyConfig
 from saesteer.study.corpus import stdlib_docstrings
 from saesteer.study.prompts import StudyPrompts, digest
 
+#: the fidelity stages' code: the SAE package and the samples chosen here
+FIDELITY_CODE = ("sae", "study/sae_stages")
 #: what the stdlib-docstring corpus holds, with a margin
 BUILTIN_MAX_TOKENS = 100_000
 
@@ -163,7 +172,7 @@ def stage_sae_metrics(
     inputs = {"sae": str(trained.folder), "eval": config_to_dict(ecfg), "corpus": corpus_identity([corpus.path]),
               "chats": stable_hash(chats)}  # fmt: skip
     return runner.run(
-        "sae_metrics", inputs, run, lambda f: json.loads((f / "sae_metrics.json").read_text()), code=("sae",)
+        "sae_metrics", inputs, run, lambda f: json.loads((f / "sae_metrics.json").read_text()), code=FIDELITY_CODE
     )
 
 
@@ -179,10 +188,31 @@ def fidelity(
     at every position)."""
     store = ActivationStore(acts) if acts else None
     out = evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store, conversations=chats or None)
-    ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
+    if acts:
+        ids, mask = held_out_corpus_windows(acts, lm.tokenizer, ecfg.n_texts)
+    else:
+        ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
     for key, factor in (("web", ecfg.outlier_factor), ("web_all_positions", 0.0)):
         out[key] = spliced_over(lm.model, sae, ids, mask, ecfg.batch_size, factor)
     return dict(out)
+
+
+def held_out_corpus_windows(acts: str, tokenizer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the first ``n`` all-corpus windows of a harvest's held-out split (never trained on)."""
+    manifest = read_manifest(Path(acts))
+    if manifest is None or "config" not in manifest:
+        raise SaesteerError(f"{acts} is not a harvested activation cache; run `saesteer harvest` first")
+    known = set(HarvestConfig.__dataclass_fields__)
+    hcfg = HarvestConfig(**{k: v for k, v in manifest["config"].items() if k in known})
+    chat_file = Path(acts) / "chat.jsonl"
+    held = itertools.islice(
+        window_stream(hcfg, tokenizer, read_chat_file(chat_file) if chat_file.is_file() else []),
+        hcfg.held_out_windows(),
+    )
+    rows = [ids for ids, kinds in held if all(k == CORPUS for k in kinds)][:n]
+    if not rows:
+        raise SaesteerError(f"{acts}: its held-out split has no corpus window; harvest with --corpus")
+    return right_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 def stage_finetune(
@@ -216,5 +246,5 @@ def stage_finetune(
     inputs = {"sae": str(trained.folder), "finetune": config_to_dict(fcfg), "eval": config_to_dict(ecfg),
               "chats": stable_hash(chats)}  # fmt: skip
     return runner.run(
-        "sae_finetune", inputs, run, lambda f: json.loads((f / "finetune.json").read_text()), code=("sae",)
+        "sae_finetune", inputs, run, lambda f: json.loads((f / "finetune.json").read_text()), code=FIDELITY_CODE
     )
