@@ -208,20 +208,32 @@ def _multiturn(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> 
 
 
 def _seeds(seeds: Mapping[str, object] | None, d: Derived | None) -> list[str]:
-    """The seed spread of the headline gain, and whether it is wider than the gain's own interval."""
+    """The seed spread of the headline gain and over-refusal, whether the effects hold in every seed, and whether
+    the spread is wider than the gain's own interval (then the gain is quoted with its spread)."""
     if not seeds or not isinstance(seeds.get("gain"), Mapping):
         return []
-    g = seeds["gain"]
+    g, o = seeds["gain"], seeds.get("over_refusal")
     assert isinstance(g, Mapping)
     same = "the same feature (or a decoder-cosine match) every time" if seeds.get("all_match") else (
         "different features across seeds")  # fmt: skip
     spread = g["max"] - g["min"]
     text = (
         f"Across {g['n_seeds']} SAE seeds the headline clamp's gain ranged {100 * g['min']:+.1f} to "
-        f"{100 * g['max']:+.1f} pts (sd {100 * g['sd']:.1f}); discovery chose {same}."
+        f"{100 * g['max']:+.1f} pts (sd {100 * g['sd']:.1f})"
     )
-    if d is not None and d.safety_gain is not None and spread > d.safety_gain.width:
-        text += f" The seed spread ({100 * spread:.1f} pts) is wider than the gain's interval: quote the gain with it."
+    if isinstance(o, Mapping):
+        text += f" and its over-refusal x{o['min']:.2f} to x{o['max']:.2f}"
+    text += f"; discovery chose {same}."
+    held = [what for key, what in (("gain_positive_every_seed", "raised unsafe refusal"),
+                                   ("over_refusal_every_seed", "raised safe-prompt refusal")) if seeds.get(key)]  # fmt: skip
+    if held:
+        text += f" In every seed the clamp {' and '.join(held)} (each seed's paired interval excludes no effect)."
+    if d is not None and d.safety_gain is not None:
+        outside = g["min"] < d.safety_gain.lo or g["max"] > d.safety_gain.hi
+        if spread > d.safety_gain.width or outside:
+            text += (f" The seeds' gains fall outside the headline's interval [{100 * d.safety_gain.lo:.1f}, "
+                     f"{100 * d.safety_gain.hi:.1f}]: the gain is {100 * g['min']:+.1f} to {100 * g['max']:+.1f} pts "
+                     "across seeds, not the headline's estimate alone.")  # fmt: skip
     return [text]
 
 

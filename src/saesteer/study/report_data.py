@@ -171,17 +171,27 @@ def splits_table(splits: Mapping[str, Any]) -> Table:
     return Table("Prompts by purpose (splits.json)", ["purpose", "datasets (texts)", "shared with test"], rows)
 
 
+def _ci(value: float, ci: Any, fmt: str) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return format(value, fmt) + (f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else "")
+
+
 def seeds_table(summary: Mapping[str, Any]) -> Table:
     rows = [
-        [str(r["seed"]), _num(r["feature"]), _pct(r["unsafe_refusal"]), _pct(r["safe_refusal"]),
-         f"{100 * r['gain']:+.1f}" if math.isfinite(r["gain"]) else "n/a",
-         _num(r["over_refusal"]) if math.isfinite(r["over_refusal"]) else "n/a",
-         _num(r["cos_first"]), "yes" if r["same_feature"] else "no"]
+        [str(r["seed"]), _num(r["feature"]), f"{_pct(r['unsafe_refusal'])} (n={r['n_unsafe']})",
+         f"{_pct(r['safe_refusal'])} (n={r['n_safe']})",
+         _ci(100 * r["gain"], [100 * v for v in r["gain_ci"]] if r.get("gain_ci") else None, "+.1f"),
+         _ci(r["over_refusal"], r.get("over_refusal_ci"), ".2f"), _num(r["cos_first"]),
+         "yes" if r["same_feature"] else "no"]
         for r in summary["seeds"]
     ]  # fmt: skip
     headers = ["seed", "feature", "unsafe refusal", "safe refusal", "gain (pts)", "over-refusal ratio",
                "cos to first seed", "same feature"]  # fmt: skip
-    return Table("Seeds", headers, rows, f"Same feature: the same index or decoder cosine > {summary['match_cosine']}.")
+    note = (f"Same feature: the same index or decoder cosine > {summary['match_cosine']}. Every seed clamps its own "
+            "chosen feature at the dev-chosen multiple of its max activation on the same test prompts; intervals are "
+            "paired against the one unsteered baseline (gain: Tango; ratio: paired bootstrap).")  # fmt: skip
+    return Table("Seeds", headers, rows, note)
 
 
 def examples(cfg: StudyConfig, lm: LoadedModel, prompts: StudyPrompts, names: Sequence[str], grid: Sequence[Condition],

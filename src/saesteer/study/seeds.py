@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from saesteer.evaluation import paired
 from saesteer.features.report import FeatureReport
 from saesteer.model.loading import LoadedModel
 from saesteer.report.results import ResultsTable
@@ -45,6 +46,8 @@ class SeedRun:
     safe: float = math.nan
     n_unsafe: int = 0
     n_safe: int = 0
+    unsafe_items: dict[str, float] | None = None  # per-item outcomes, paired with the baseline's
+    safe_items: dict[str, float] | None = None
 
     @classmethod
     def of(cls, seed: int, features: FeatureReport, sae: SAE, table: ResultsTable, choice: dev.Choice) -> SeedRun:
@@ -54,6 +57,7 @@ class SeedRun:
         return cls(
             seed, f, row, choice.clamp, u.score if u else math.nan, s.score if s else math.nan,
             u.n if u else 0, s.n if s else 0,
+            table.items(choice.clamp, "unsafe_refusal"), table.items(choice.clamp, "safe_refusal"),
         )  # fmt: skip
 
     def cosine(self, other: SeedRun) -> float | None:
@@ -62,11 +66,24 @@ class SeedRun:
         return float(self.decoder @ other.decoder)
 
 
+def _paired(mine: dict[str, float] | None, base: dict[str, float] | None, ratio: bool) -> list[float] | None:
+    """[lo, hi] of this seed's gain (Tango) or over-refusal ratio (paired bootstrap) against the baseline."""
+    shared = [k for k in (mine or {}) if k in (base or {})]
+    if not shared or mine is None or base is None:
+        return None
+    b, m = [base[k] == 1.0 for k in shared], [mine[k] == 1.0 for k in shared]
+    if ratio and not any(b):
+        return None
+    est = paired.over_refusal_ratio(b, m) if ratio else paired.paired_diff_ci(m, b)
+    return [est.lo, est.hi]
+
+
 def seed_summary(runs: list[SeedRun], baseline: ResultsTable) -> dict[str, Any]:
-    """Per seed: feature, gain, over-refusal ratio, cosine to the first seed's feature; and their spread."""
+    """Per seed: feature, gain and over-refusal ratio (with paired intervals against the shared baseline),
+    cosine to the first seed's feature; and their spread."""
     u0, s0 = baseline.get("baseline", "unsafe_refusal"), baseline.get("baseline", "safe_refusal")
     first = runs[0]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in runs:
         cos = r.cosine(first)
         rows.append(
@@ -77,7 +94,9 @@ def seed_summary(runs: list[SeedRun], baseline: ResultsTable) -> dict[str, Any]:
                 "unsafe_refusal": r.unsafe,
                 "safe_refusal": r.safe,
                 "gain": r.unsafe - u0.score if u0 else math.nan,
+                "gain_ci": _paired(r.unsafe_items, baseline.items("baseline", "unsafe_refusal"), ratio=False),
                 "over_refusal": r.safe / s0.score if s0 and s0.score > 0 else math.nan,
+                "over_refusal_ci": _paired(r.safe_items, baseline.items("baseline", "safe_refusal"), ratio=True),
                 "cos_first": cos,
                 "same_feature": r.feature == first.feature or (cos is not None and cos > MATCH_COSINE),
                 "n_unsafe": r.n_unsafe,
@@ -92,6 +111,11 @@ def seed_summary(runs: list[SeedRun], baseline: ResultsTable) -> dict[str, Any]:
             sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
             out[key] = {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals), "n_seeds": len(vals)}
     out["all_match"] = all(row["same_feature"] for row in rows)
+    # the direction of the effect holds in a seed when its interval excludes no-effect (0 pts, ratio 1)
+    out["gain_positive_every_seed"] = all(row["gain_ci"] is not None and row["gain_ci"][0] > 0 for row in rows)
+    out["over_refusal_every_seed"] = all(
+        row["over_refusal_ci"] is not None and row["over_refusal_ci"][0] > 1 for row in rows
+    )
     return out
 
 
