@@ -89,7 +89,12 @@ def _at(metrics: Mapping[str, Any], path: tuple[str, ...], key: str) -> str:
     m: Any = metrics
     for part in path:
         m = m.get(part) if isinstance(m, Mapping) else None
-    return _num(m.get(key)) if isinstance(m, Mapping) else "-"
+    if not isinstance(m, Mapping):
+        return "-"
+    if key == "dead_frac" and isinstance(m.get("dead_window_tokens"), (int, float)):
+        # a share of never-fired latents means little without the window it was counted in
+        return f"{_num(m.get(key))} in {int(m['dead_window_tokens']):,} tokens"
+    return _num(m.get(key))
 
 
 def fidelity_table(metrics: Mapping[str, Any]) -> Table:
@@ -103,9 +108,7 @@ def fidelity_table(metrics: Mapping[str, Any]) -> Table:
     web = metrics.get("web", {})
     note = f"Web text: {web.get('n_windows', '?')} corpus windows of the harvest's held-out split (packed and "
     note += "shuffled as in training, never trained on); chat: the unsteered model's own responses to harmless dev "
-    window = metrics.get("dead_window_tokens")
-    note += "prompts. Dead: never active in the held-out window"
-    note += f" ({int(window):,} tokens)." if isinstance(window, (int, float)) else "."
+    note += "prompts. Dead: never active in that kind's held-out tokens (a smaller window counts more latents dead)."
     if tuned:
         c = tuned["cost"]
         note += (f" KL fine-tune: {c['tokens']:,} tokens in {c['seconds']:.0f} s ({c['tokens_per_s']:.0f} tokens/s);"
