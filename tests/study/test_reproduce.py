@@ -1,5 +1,6 @@
 """The whole study on a tiny random model with the real tokenizer: every stage runs, caches and resumes."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}
     run_study(tiny_lm, cfg)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")} == stamps
+    if not with_data:  # one seed again, in the same folder: the earlier seed summary does not linger
+        single = run_study(tiny_lm, dataclasses.replace(cfg, seeds=1))
+        assert not (single / "seeds.json").exists() and "**Seeds**" not in (single / "report.md").read_text()
 
 
 def test_report_dir_with_user_files_is_refused_before_any_work(tmp_path: Path, tiny_lm) -> None:

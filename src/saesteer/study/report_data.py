@@ -237,6 +237,8 @@ def write_study_report(
     seeds = seed_summary(seed_runs, table) if len(seed_runs) > 1 else None
     if seeds:
         atomic_write_json(report_dir / "seeds.json", seeds)
+    else:  # an earlier multi-seed run's summary in this (the study's own) report folder no longer applies
+        (report_dir / "seeds.json").unlink(missing_ok=True)
     cache = runner.folders.get("sweep", report_dir) / "completions.jsonl"
     headline = Headline(choice.clamp, choice.gate, dev=True)
     data = ReportData(table=table, conditions=grid, headline=headline)
