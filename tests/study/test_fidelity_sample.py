@@ -47,3 +47,25 @@ def test_web_sample_is_held_out_corpus(tmp_path: Path, corpus: Path, tiny_qwen_c
     assert len(late & train) >= 0.95 * len(late)
     with pytest.raises(SaesteerError, match="not a harvested activation cache"):
         held_out_corpus_windows(str(tmp_path), tok, 4)
+
+
+def test_spliced_by_window_equals_batched_and_brackets_it(tiny_qwen_chat) -> None:
+    from saesteer.model.loading import LoadedModel
+    from saesteer.sae.metrics import spliced_over
+    from saesteer.study.sae_stages import spliced_by_window
+    from tests.sae.conftest import random_sae
+
+    model, tok = tiny_qwen_chat
+    sae = random_sae("topk", d_in=model.config.hidden_size, d_sae=128, k=8, hook="blocks.1.hook_resid_post")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 5000, (6, 24), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 15:] = 0  # windows of unequal length weigh by their predictions
+    lm = LoadedModel(model, tok, "tiny", "tiny")
+    one = spliced_by_window(lm, sae, ids, mask, 0.0)
+    batched = spliced_over(model, sae, ids, mask, 3, 0.0)
+    assert one["n_windows"] == 6 and one["n_predictions"] == batched["n_predictions"]
+    for key in ("ce_increase", "kl_spliced"):
+        assert one[key] == pytest.approx(batched[key], rel=1e-4, abs=1e-6)
+        lo, hi = one[f"{key}_ci"]
+        assert lo <= one[key] <= hi and lo < hi

@@ -94,6 +94,9 @@ def _at(metrics: Mapping[str, Any], path: tuple[str, ...], key: str) -> str:
     if key == "dead_frac" and isinstance(m.get("dead_window_tokens"), (int, float)):
         # a share of never-fired latents means little without the window it was counted in
         return f"{_num(m.get(key))} in {int(m['dead_window_tokens']):,} tokens"
+    ci = m.get(f"{key}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return f"{_num(m.get(key))} [{ci[0]:.3g}, {ci[1]:.3g}] (n={m.get('n_windows', '?')} windows)"
     return _num(m.get(key))
 
 

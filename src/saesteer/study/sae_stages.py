@@ -25,6 +25,7 @@ from saesteer.activations.sources import CORPUS
 from saesteer.activations.store import ActivationStore, read_manifest
 from saesteer.config import atomic_write_json, atomic_write_text, config_to_dict
 from saesteer.errors import SaesteerError
+from saesteer.evaluation import paired
 from saesteer.evaluation.datasets import DATA_FILES, data_dir
 from saesteer.model.adapter import ArchAdapter
 from saesteer.model.generation import GenerationConfig
@@ -32,7 +33,14 @@ from saesteer.model.loading import LoadedModel
 from saesteer.sae.base import SAE, TopKSAE
 from saesteer.sae.finetune import finetune_kl, windows_after_harvest
 from saesteer.sae.io import load_sae, save_sae
-from saesteer.sae.metrics import SaeEvalConfig, corpus_windows, evaluate_sae, spliced_over
+from saesteer.sae.metrics import (
+    SaeEvalConfig,
+    combine_spliced,
+    conversation_windows,
+    corpus_windows,
+    evaluate_sae,
+    spliced_over,
+)
 from saesteer.sae.train import rank_batches, train_sae
 from saesteer.stages import StageRunner, is_writer, shard, stable_hash, sync
 from saesteer.study.config import StudyConfig
@@ -185,16 +193,37 @@ def fidelity(
     lm: LoadedModel, sae: SAE, acts: str | None, ecfg: SaeEvalConfig, corpus: Corpus, chats: list[list[dict[str, str]]]
 ) -> dict[str, Any]:
     """Held-out FVU by token kind (with a harvest), spliced CE / KL on chat and on corpus text (as harvested, and
-    at every position)."""
+    at every position), each with a bootstrap interval over windows."""
     store = ActivationStore(acts) if acts else None
-    out = evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store, conversations=chats or None)
+    out = evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store)
     if acts:
         ids, mask = held_out_corpus_windows(acts, lm.tokenizer, ecfg.n_texts)
     else:
         ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
     for key, factor in (("web", ecfg.outlier_factor), ("web_all_positions", 0.0)):
-        out[key] = spliced_over(lm.model, sae, ids, mask, ecfg.batch_size, factor)
+        out[key] = spliced_by_window(lm, sae, ids, mask, factor)
+    if chats:
+        ids, mask = conversation_windows(chats[: ecfg.n_chats], lm.tokenizer, ecfg.context_len)
+        out["chat"] = spliced_by_window(lm, sae, ids, mask, ecfg.outlier_factor)
     return dict(out)
+
+
+def spliced_by_window(
+    lm: LoadedModel, sae: SAE, ids: torch.Tensor, mask: torch.Tensor, outlier_factor: float
+) -> dict[str, Any]:
+    """:func:`spliced_over` one window at a time, combined, with 95% intervals (``{key}_ci``) of the CE increase
+    and the KL: a percentile bootstrap over windows (tokens of one window are not independent) of the
+    prediction-weighted mean."""
+    parts = [spliced_over(lm.model, sae, ids[i : i + 1], mask[i : i + 1], 1, outlier_factor) for i in range(len(ids))]
+    out = {**combine_spliced(parts), "n_windows": len(parts)}
+    weights = [float(p["n_predictions"]) for p in parts]
+    for key in ("ce_increase", "kl_spliced"):
+        est = paired.paired_bootstrap_ci(
+            lambda v, w: (v * w).sum(axis=-1) / w.sum(axis=-1), [[p[key] for p in parts], weights]
+        )
+        out[f"{key}_ci"] = [est.lo, est.hi]
+    out["ci_method"] = "percentile bootstrap over windows, prediction-weighted (scipy.stats.bootstrap)"
+    return out
 
 
 def held_out_corpus_windows(acts: str, tokenizer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
