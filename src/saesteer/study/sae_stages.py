@@ -194,9 +194,9 @@ def fidelity(
 ) -> dict[str, Any]:
     """Held-out FVU by token kind (with a harvest), spliced CE / KL on chat and on corpus text (as harvested, and
     at every position), each with a bootstrap interval over windows."""
-    store = ActivationStore(acts) if acts else None
-    out = evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=store)
-    if acts:
+    out: dict[str, Any] = {}
+    if acts:  # held-out FVU / L0 / dead by token kind; web text from the same held-out split
+        out.update(evaluate_sae(lm.model, lm.tokenizer, sae, ecfg, store=ActivationStore(acts)))
         ids, mask = held_out_corpus_windows(acts, lm.tokenizer, ecfg.n_texts)
     else:
         ids, mask = corpus_windows(corpus.path, lm.tokenizer, ecfg.n_texts, ecfg.context_len)
@@ -205,7 +205,7 @@ def fidelity(
     if chats:
         ids, mask = conversation_windows(chats[: ecfg.n_chats], lm.tokenizer, ecfg.context_len)
         out["chat"] = spliced_by_window(lm, sae, ids, mask, ecfg.outlier_factor)
-    return dict(out)
+    return out
 
 
 def spliced_by_window(
