@@ -216,6 +216,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "chat.n": 200,
         "chat.max_new_tokens": 48,
         "train.batch_size": 4096,
+        # AuxK revives latents silent for the window that counts them dead: at 2M tokens the 500k default
+        # revives too late (held-out dead 38% -> 14% at the same FVU, docs/study.md)
+        "train.dead_tokens": 65_536,
         "finetune.tokens": 16_384,
         "features.n_harmful": 32,
         "features.n_rank": 64,
