@@ -20,7 +20,7 @@ score's own interval, treating the conditions as independent samples (wider). Ea
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -312,15 +312,21 @@ class _Compare:
         return Estimate.paired(paired.over_refusal_ratio([v == 1.0 for v in got[0]], [v == 1.0 for v in got[1]]))
 
 
-def paired_items(table: ResultsTable, metric: str, a: str, b: str) -> tuple[list[float], list[float]] | None:
-    """Outcomes of conditions ``a`` and ``b`` on the items both recorded for ``metric``, in one order."""
-    ia, ib = table.items(a, metric), table.items(b, metric)
+def shared_outcomes(
+    ia: Mapping[str, float] | None, ib: Mapping[str, float] | None, datasets: Sequence[str] = ()
+) -> tuple[list[float], list[float]] | None:
+    """Two per-item outcome maps on the items both recorded (of ``datasets`` only, when given), in one order."""
     if not ia or not ib:
         return None
-    shared = [k for k in ia if k in ib]
+    shared = [k for k in ia if k in ib and (not datasets or k.split("/", 1)[0] in datasets)]
     if not shared:
         return None
     return [ia[k] for k in shared], [ib[k] for k in shared]
+
+
+def paired_items(table: ResultsTable, metric: str, a: str, b: str) -> tuple[list[float], list[float]] | None:
+    """Outcomes of conditions ``a`` and ``b`` on the items both recorded for ``metric``, in one order."""
+    return shared_outcomes(table.items(a, metric), table.items(b, metric))
 
 
 def _gain_kept(table: ResultsTable, baseline: str, twin: str, name: str, gated: Estimate, full: Estimate) -> Estimate:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from saesteer.evaluation import paired
-from saesteer.report.derived import Derived, Estimate
+from saesteer.report.derived import Derived, Estimate, shared_outcomes
 from saesteer.report.document import Table
 from saesteer.report.findings import fmt_pts, fmt_share
 from saesteer.report.results import ResultsTable
@@ -26,14 +26,11 @@ def subset_diff(
     table: ResultsTable, metric: str, base: str, cond: str, datasets: Sequence[str] = ()
 ) -> Estimate | None:
     """Paired difference ``cond - base`` of a 0/1 metric on the items of ``datasets`` (all items if empty)."""
-    ia, ib = table.items(base, metric), table.items(cond, metric)
-    if not ia or not ib:
+    got = shared_outcomes(table.items(base, metric), table.items(cond, metric), datasets)
+    if got is None:
         return None
-    keys = [k for k in ia if k in ib and (not datasets or k.split("/", 1)[0] in datasets)]
-    if not keys:
-        return None
-    est = paired.paired_diff_ci([ib[k] == 1.0 for k in keys], [ia[k] == 1.0 for k in keys])  # cond - base
-    return Estimate.paired(est)
+    b, c = got
+    return Estimate.paired(paired.paired_diff_ci([v == 1.0 for v in c], [v == 1.0 for v in b]))  # cond - base
 
 
 def gate_test_table(table: ResultsTable, derived: Sequence[Derived], clamp: str | None) -> Table | None:

@@ -20,6 +20,7 @@ import torch
 from saesteer.evaluation import paired
 from saesteer.features.report import FeatureReport
 from saesteer.model.loading import LoadedModel
+from saesteer.report.derived import shared_outcomes
 from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
 from saesteer.stages import StageRunner
@@ -68,10 +69,10 @@ class SeedRun:
 
 def _paired(mine: dict[str, float] | None, base: dict[str, float] | None, ratio: bool) -> list[float] | None:
     """[lo, hi] of this seed's gain (Tango) or over-refusal ratio (paired bootstrap) against the baseline."""
-    shared = [k for k in (mine or {}) if k in (base or {})]
-    if not shared or mine is None or base is None:
+    got = shared_outcomes(base, mine)
+    if got is None:
         return None
-    b, m = [base[k] == 1.0 for k in shared], [mine[k] == 1.0 for k in shared]
+    b, m = ([v == 1.0 for v in side] for side in got)
     if ratio and not any(b):
         return None
     est = paired.over_refusal_ratio(b, m) if ratio else paired.paired_diff_ci(m, b)
