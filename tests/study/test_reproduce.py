@@ -72,6 +72,13 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         assert not {"donotanswer", "builtin_harmful", "builtin_harmless"} & set(splits["purposes"]["gate"]["datasets"])
         gates = md[md.index("**Gates on the test splits**") :]
         assert "| condition | gain kept | over-refusal, look-alikes | over-refusal, Alpaca |" in gates
+        # every dev variant on test, composed from baseline and clamp outcomes: on the chosen variant the
+        # composition reproduces the sweep's own gated generations item for item
+        composed = json.loads(next(out.glob("gate_variants-*/gate_variants.json")).read_text())
+        assert len(composed["variants"]) > 1 and "**Every gate variant on the test splits (composed)**" in md
+        agree, n = next(v for v in composed["variants"] if v["variant"] == composed["chosen"])["composition_check"]
+        assert n > 0 and agree == n
+        assert all(v["asr_drop"] is not None for v in composed["variants"])  # FRACTURED, generated per variant
         from saesteer.report.results import ResultsTable
         from saesteer.study.gate_table import subset_diff
 

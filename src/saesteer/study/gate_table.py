@@ -11,11 +11,13 @@ rates per dataset are in their own table.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from saesteer.evaluation import paired
+from saesteer.evaluation.selection import UNSEEN_TEST_SETS
 from saesteer.report.derived import Derived, Estimate, shared_outcomes
 from saesteer.report.document import Table
-from saesteer.report.findings import fmt_pts, fmt_share
+from saesteer.report.findings import fmt_pts, fmt_ratio, fmt_share
 from saesteer.report.results import ResultsTable
 
 LOOK_ALIKES = ("xstest:safe", "jbb:benign")
@@ -63,3 +65,48 @@ def gate_test_table(table: ResultsTable, derived: Sequence[Derived], clamp: str 
         "the dev variants table; their firing rates per dataset in the firing-rate table."
     )
     return Table("Gates on the test splits", headers, rows, note)
+
+
+def _from_list(v: Sequence[float] | None) -> Estimate | None:
+    return None if v is None else Estimate(v[0], v[1], v[2], "paired", int(v[3]))
+
+
+def _firing(firing: dict[str, list[int]], datasets: Sequence[str]) -> str:
+    k = sum(firing[d][0] for d in datasets if d in firing)
+    n = sum(firing[d][1] for d in datasets if d in firing)
+    return f"{100 * k / n:.0f}% ({k}/{n})" if n else "n/a"
+
+
+def variants_test_table(composed: dict[str, Any] | None) -> Table | None:
+    """Every dev-fit gate variant on the test splits, composed from the baseline and clamp outcomes."""
+    if not composed or not composed.get("variants"):
+        return None
+    fixed = {*LOOK_ALIKES, *ALPACA, "humaneval", *UNSEEN_TEST_SETS}
+    headers = ["variant", "gain kept", "over-refusal, look-alikes", "x look-alikes", "over-refusal, Alpaca",
+               "unseen unsafe: gain", "ASR drop", "HumanEval loss", "fires: unsafe sets", "fires: look-alikes", "fires: Alpaca",
+               "fires: unseen", "ms/prompt"]  # fmt: skip
+    rows = []
+    for v in sorted(composed["variants"], key=lambda v: -v["dev_objective"]):
+        firing = v["firing"]
+        unsafe = [d for d in firing if d not in fixed]
+        name = v["variant"] + (" (chosen on dev)" if v["variant"] == composed["chosen"] else "")
+        rows.append([
+            name, fmt_share(_from_list(v["gain_kept"])), fmt_pts(_from_list(v["over_refusal_look_alikes"])),
+            fmt_ratio(_from_list(v.get("over_refusal_ratio_look_alikes"))),
+            fmt_pts(_from_list(v["over_refusal_alpaca"])), fmt_pts(_from_list(v.get("unseen_unsafe_refusal"))), fmt_pts(_from_list(v.get("asr_drop"))),
+            fmt_pts(_from_list(v.get("humaneval_loss"))), _firing(firing, unsafe), _firing(firing, LOOK_ALIKES),
+            _firing(firing, ALPACA), _firing(firing, UNSEEN_TEST_SETS), f"{v['ms_per_prompt']:.2f}",
+        ])  # fmt: skip
+    chosen = next((v for v in composed["variants"] if "composition_check" in v), None)
+    check = (f" Check: on the chosen variant the composition equals the sweep's own gated run on "
+             f"{chosen['composition_check'][0]} of {chosen['composition_check'][1]} items." if chosen else "")  # fmt: skip
+    note = (
+        f"Each variant of the dev comparison gating {composed['clamp']}, at its dev threshold, on the test items. "
+        "No extra generation: a prompt-level gate under greedy decoding gives the clamp's outcome where it fires "
+        "and the baseline's where it does not, so each variant's outcomes are composed from the sweep's baseline "
+        "and clamp outcomes and the variant's score of each test prompt (saesteer.study.gate_variants)."
+        f"{check} Read on test, these points choose nothing. Intervals: gain kept and the ratio by paired "
+        "bootstrap, differences by Tango's paired interval. Multi-turn attacks decide per turn: their ASR drop "
+        "(FRACTURED) is generated under each variant. Log-likelihood benchmarks: the chosen gate only, above."
+    )
+    return Table("Every gate variant on the test splits (composed)", headers, rows, note)

@@ -31,7 +31,7 @@ from saesteer.stages import StageRunner
 from saesteer.study.config import StudyConfig
 from saesteer.study.design import Condition
 from saesteer.study.dev_stages import Choice, FittedGate
-from saesteer.study.gate_table import gate_test_table
+from saesteer.study.gate_table import gate_test_table, variants_test_table
 from saesteer.study.prompts import StudyPrompts
 from saesteer.study.publish import mark
 from saesteer.study.sae_stages import TrainedSAE
@@ -230,7 +230,7 @@ def write_study_report(
     report_dir: Path, *, lm: LoadedModel, cfg: StudyConfig, table: ResultsTable, grid: list[Condition],
     choice: Choice, features: FeatureReport, trained: TrainedSAE, sae_metrics: Mapping[str, Any],
     prompts: StudyPrompts, runner: StageRunner, seed_runs: list[SeedRun], fitted: FittedGate | None,
-    wall_seconds: float, machine: tuple[float, float] | None = None,
+    wall_seconds: float, gate_variants: Mapping[str, Any] | None = None, machine: tuple[float, float] | None = None,
 ) -> None:  # fmt: skip
     """Write the report and its provenance files into ``report_dir`` (marked as a saesteer report)."""
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +248,7 @@ def write_study_report(
     derived = data.derived()
     names = headline_names(data, derived)
     gates_test = gate_test_table(table, derived, choice.clamp)
+    variants_test = variants_test_table(dict(gate_variants) if gate_variants else None)
     model_rows = [["model", lm.spec], ["dtype", str(lm.dtype)], ["hook", cfg.hook]]
     model_rows += [[k, _num(v)] for k, v in ArchAdapter(lm.model).info().items()]
     stages = [StageTime(n, s, throughput(lm.tokenizer, cache, table) if n == "sweep" else "")
@@ -259,6 +260,7 @@ def write_study_report(
                fidelity_table(sae_metrics),
                *features_tables(features), choice_table(choice), splits_table(splits)],
         details=[*([seeds_table(seeds)] if seeds else []), *([gates_test] if gates_test else []),
+                 *([variants_test] if variants_test else []),
                  *([gate_table(fitted)] if fitted else []),
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
         stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,

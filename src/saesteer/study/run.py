@@ -12,7 +12,8 @@
  8. gates        the fitted gate (saesteer.gating's best variant) and the harm probe of a probe gate (dev)
  9. choice       the headline clamp value and gate, chosen on dev prompts
 10. capability   benchmark test items, drawn from the split registry
-11. sweep        every condition scored on the test prompts
+11. sweep        every condition scored on the test prompts; then every dev-fit gate variant on the test
+                items, composed from the baseline and clamp outcomes (``gate_variants``, no generation)
 12. seeds        SAE, features and headline conditions again under other seeds (``seeds`` > 1)
 13. report       Markdown + HTML report, ``splits.json``; published to ``report_dir``
 
@@ -36,6 +37,7 @@ from saesteer.study import capability as cap
 from saesteer.study import dev_stages as dev
 from saesteer.study import sae_stages as sae_st
 from saesteer.study.config import StudyConfig
+from saesteer.study.gate_variants import stage_gate_variants
 from saesteer.study.prompts import draw_prompts
 from saesteer.study.publish import check_destination, publish_report
 from saesteer.study.report_data import write_study_report
@@ -83,6 +85,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     ctx.humaneval = cap.humaneval_problems(cfg, prompts)
     ctx.divergence = base
     table = stage_sweep(runner, ctx, scored, choice, features)  # 11
+    composed = stage_gate_variants(runner, lm, ctx, trained, table, scored) if fitted else None
     seed_runs = [SeedRun.of(cfg.seed, features, trained.sae, table, choice)]
     if cfg.seeds > 1:  # 12
         seed_runs += stage_seeds(runner, lm, cfg, acts, corpus, prompts, direction, choice, grid)
@@ -93,7 +96,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     write_study_report(
         report_dir, lm=lm, cfg=cfg, table=table, grid=scored, choice=choice, features=features,
         trained=trained, sae_metrics=metrics, prompts=prompts, runner=runner, seed_runs=seed_runs,
-        fitted=fitted, wall_seconds=time.time() - t_all, machine=machine,
+        fitted=fitted, gate_variants=composed, wall_seconds=time.time() - t_all, machine=machine,
     )  # fmt: skip
     if cfg.report_dir:
         print(f"report published to {publish_report(report_dir, Path(cfg.report_dir))}")
