@@ -76,6 +76,7 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         # composition reproduces the sweep's own gated generations item for item
         composed = json.loads(next(out.glob("gate_variants-*/gate_variants.json")).read_text())
         assert len(composed["variants"]) > 1 and "**Every gate variant on the test splits (composed)**" in md
+        assert "**Every gate variant's firing rate per test dataset**" in md
         agree, n = next(v for v in composed["variants"] if v["variant"] == composed["chosen"])["composition_check"]
         assert n > 0 and agree == n
         assert all(v["asr_drop"] is not None for v in composed["variants"])  # FRACTURED, generated per variant

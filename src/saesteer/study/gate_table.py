@@ -110,3 +110,17 @@ def variants_test_table(composed: dict[str, Any] | None) -> Table | None:
         "(FRACTURED) is generated under each variant. Log-likelihood benchmarks: the chosen gate only, above."
     )
     return Table("Every gate variant on the test splits (composed)", headers, rows, note)
+
+
+def variants_firing_table(composed: dict[str, Any] | None) -> Table | None:
+    """Each dev-fit gate variant's firing rate on every test dataset (the decisions the composed table used)."""
+    if not composed or not composed.get("variants"):
+        return None
+    variants = sorted(composed["variants"], key=lambda v: -v["dev_objective"])
+    datasets = sorted({d for v in variants for d in v["firing"]})
+    sizes = {d: next(v["firing"][d][1] for v in variants if d in v["firing"]) for d in datasets}
+    headers = ["variant", *(f"{d} (n={sizes[d]})" for d in datasets)]
+    rows = [[v["variant"], *(f"{100 * v['firing'][d][0] / v['firing'][d][1]:.0f}%" if d in v["firing"] else "n/a"
+                             for d in datasets)] for v in variants]  # fmt: skip
+    note = "Share of each test dataset's prompts on which the variant steers, at its dev threshold (chat prompts)."
+    return Table("Every gate variant's firing rate per test dataset", headers, rows, note)

@@ -31,7 +31,7 @@ from saesteer.stages import StageRunner
 from saesteer.study.config import StudyConfig
 from saesteer.study.design import Condition
 from saesteer.study.dev_stages import Choice, FittedGate
-from saesteer.study.gate_table import gate_test_table, variants_test_table
+from saesteer.study.gate_table import gate_test_table, variants_firing_table, variants_test_table
 from saesteer.study.prompts import StudyPrompts
 from saesteer.study.publish import mark
 from saesteer.study.sae_stages import TrainedSAE
@@ -248,7 +248,8 @@ def write_study_report(
     derived = data.derived()
     names = headline_names(data, derived)
     gates_test = gate_test_table(table, derived, choice.clamp)
-    variants_test = variants_test_table(dict(gate_variants) if gate_variants else None)
+    composed = dict(gate_variants) if gate_variants else None
+    variants_test = [t for t in (variants_test_table(composed), variants_firing_table(composed)) if t]
     model_rows = [["model", lm.spec], ["dtype", str(lm.dtype)], ["hook", cfg.hook]]
     model_rows += [[k, _num(v)] for k, v in ArchAdapter(lm.model).info().items()]
     stages = [StageTime(n, s, throughput(lm.tokenizer, cache, table) if n == "sweep" else "")
@@ -260,7 +261,7 @@ def write_study_report(
                fidelity_table(sae_metrics),
                *features_tables(features), choice_table(choice), splits_table(splits)],
         details=[*([seeds_table(seeds)] if seeds else []), *([gates_test] if gates_test else []),
-                 *([variants_test] if variants_test else []),
+                 *variants_test,
                  *([gate_table(fitted)] if fitted else []),
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
         stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,
