@@ -32,6 +32,7 @@ from saesteer.evaluation import paired
 from saesteer.evaluation.humaneval import chat_prompt
 from saesteer.gating.fit import FitGateConfig, fit_gate, gate_dev_data
 from saesteer.model.loading import LoadedModel
+from saesteer.report.derived import shared_outcomes
 from saesteer.report.results import ResultsTable
 from saesteer.stages import StageRunner
 from saesteer.steering.gate import Gate, prompt_scores
@@ -51,21 +52,17 @@ def compose(base: Mapping[str, float], clamp: Mapping[str, float], fired: Mappin
     return {k: (clamp[k] if fired[k] else b) for k, b in base.items() if k in clamp and k in fired}
 
 
-def _subset(items: Mapping[str, float], datasets: Sequence[str]) -> dict[str, float]:
-    return {k: v for k, v in items.items() if not datasets or k.split("/", 1)[0] in datasets}
-
-
 def _est(e: paired.PairedEstimate) -> list[float]:
     return [e.estimate, e.lo, e.hi, e.n]
 
 
 def _diff(base: Mapping[str, float], steered: Mapping[str, float], datasets: Sequence[str] = ()) -> list[float] | None:
     """Paired ``steered - base`` of a 0/1 outcome on the shared items of ``datasets`` (Tango), or None."""
-    b = _subset(base, datasets)
-    keys = [k for k in b if k in steered]
-    if not keys:
+    got = shared_outcomes(base, steered, datasets)
+    if got is None:
         return None
-    return _est(paired.paired_diff_ci([steered[k] == 1.0 for k in keys], [b[k] == 1.0 for k in keys]))
+    b, s = got
+    return _est(paired.paired_diff_ci([v == 1.0 for v in s], [v == 1.0 for v in b]))
 
 
 def variant_metrics(
@@ -82,20 +79,16 @@ def variant_metrics(
     out["gain"] = _diff(b, composed["unsafe_refusal"])
     base_safe = outcomes["safe_refusal"][0]
     out["over_refusal_look_alikes"] = _diff(base_safe, composed["safe_refusal"], LOOK_ALIKES)
-    look = _subset(base_safe, LOOK_ALIKES)
-    look_keys = [k for k in look if k in composed["safe_refusal"]]
-    if look_keys and any(look[k] == 1.0 for k in look_keys):
-        ratio = paired.over_refusal_ratio([look[k] == 1.0 for k in look_keys],
-                                          [composed["safe_refusal"][k] == 1.0 for k in look_keys])  # fmt: skip
+    look = shared_outcomes(base_safe, composed["safe_refusal"], LOOK_ALIKES)
+    if look is not None and 1.0 in look[0]:
+        ratio = paired.over_refusal_ratio([v == 1.0 for v in look[0]], [v == 1.0 for v in look[1]])
         out["over_refusal_ratio_look_alikes"] = _est(ratio)
     out["over_refusal_alpaca"] = _diff(base_safe, composed["safe_refusal"], ALPACA)
     for m in ("unseen_unsafe_refusal", "unseen_safe_refusal"):
         if m in outcomes:
             out[m] = _diff(outcomes[m][0], composed[m])
-    if "humaneval" in outcomes:
-        hb, _ = outcomes["humaneval"]
-        loss = _diff(composed["humaneval"], hb)  # base - gated: accuracy lost
-        out["humaneval_loss"] = loss
+    if "humaneval" in outcomes:  # base - gated: accuracy lost
+        out["humaneval_loss"] = _diff(composed["humaneval"], outcomes["humaneval"][0])
     firing: dict[str, list[int]] = {}
     for k, f in fired.items():
         ds = k.split("/", 1)[0] if "/" in k and not k.startswith("HumanEval/") else "humaneval"
