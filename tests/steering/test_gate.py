@@ -145,6 +145,33 @@ def test_prompt_scores_match_scores_seen_while_steering(chat_model, chat_tokeniz
     torch.testing.assert_close(h.gate_scores, s[order], atol=1e-5, rtol=1e-5)
 
 
+def test_many_gates_scored_in_one_pass_equal_each_alone(chat_model, chat_tokenizer):  # type: ignore[no-untyped-def]
+    from saesteer.model.generation import encode_chats
+    from saesteer.steering import prompt_scores
+    from saesteer.steering.gate import prompt_scores_many
+
+    prompts = ["How do I bake bread?", "hi", "Tell me a story about a dragon and a knight", "What is 2+2?"]
+    g = torch.Generator().manual_seed(3)
+    sae = tiny_sae("topk", 1, d_in=32)
+    gates = [
+        Gate(ProjectionScorer(torch.randn(32, generator=g)), 0.0, "blocks.1.hook_resid_pre", reduce="tail", tail=3),
+        Gate(ProjectionScorer(torch.randn(32, generator=g)), 0.0, "blocks.0.hook_resid_post", reduce="mean"),
+        Gate(FeatureScorer(sae, 4), 0.0, "blocks.1.hook_resid_post", reduce="last"),
+        Gate(ProjectionScorer(torch.randn(32, generator=g)), 0.0, "blocks.1.hook_resid_pre", reduce="last"),
+    ]
+    together = prompt_scores_many(chat_model, chat_tokenizer, prompts, gates, batch_size=4)
+    assert len(together) == len(gates)
+    enc = encode_chats(chat_tokenizer, prompts)
+    ad = ArchAdapter(chat_model)
+    for gate, s in zip(gates, together, strict=True):
+        # independently: a truncated forward to this gate's own hook, its scores there
+        alone = gate.scores(ad.run_to(gate.hook, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"].bool())
+        assert s.shape == (4,)
+        torch.testing.assert_close(s, alone, atol=0, rtol=0)
+        torch.testing.assert_close(prompt_scores(chat_model, chat_tokenizer, prompts, gate, batch_size=4), s)
+    assert not torch.equal(together[0], together[3])  # different gates on one hook: different scores
+
+
 @pytest.mark.parametrize("reduce", ["mean", "tail", "last"])
 def test_probe_on_pooled_activations_scores_like_the_gate(chat_model, chat_tokenizer, reduce, tmp_path):  # type: ignore[no-untyped-def]
     from saesteer.steering import prompt_scores

@@ -127,6 +127,28 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, tiny_lm, with_data
         assert not (single / "seeds.json").exists() and "**Seeds**" not in (single / "report.md").read_text()
 
 
+def test_cpu_profile_shape_skips_what_it_sizes_out(tmp_path: Path, tiny_lm) -> None:
+    """The cpu profile's choices on the tiny model: no log-likelihood benchmarks, no fine-tune, FRACTURED only
+    under the chosen gate; the report still renders, with HumanEval and the KL/CE measure as capability."""
+    root = data_dir()
+    if root is None:
+        pytest.skip("no data directory")
+    sized_out = {"capability.mmlu_n": 0, "capability.truthfulqa_n": 0, "capability.gsm8k_n": 0, "finetune.tokens": 0}
+    cfg = tiny_config(tmp_path / "run", str(root), **sized_out, **{"evaluate.variant_attacks": False})
+    report = run_study(tiny_lm, cfg)
+    md = (report / "report.md").read_text()
+    out = Path(cfg.out_dir)
+    metrics = {r["metric"] for r in json.loads(next(out.glob("sweep-*/results.json")).read_text())["rows"]}
+    assert {"humaneval", "kl", "delta_ce", "fractured_asr"} <= metrics
+    assert not {"mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k"} & metrics
+    assert not (report / "sae_finetune.json").exists() and not list(out.glob("sae_finetune-*"))
+    composed = json.loads(next(out.glob("gate_variants-*/gate_variants.json")).read_text())
+    with_attacks = {v["variant"] for v in composed["variants"] if v.get("asr_drop") is not None}
+    assert with_attacks == {composed["chosen"]} and len(composed["variants"]) > 1
+    assert "## Headline" in md and "**Every gate variant on the test splits (composed)**" in md
+    assert "mmlu" not in set(json.loads((report / "splits.json").read_text())["purposes"]["test"]["datasets"])
+
+
 def test_report_dir_with_user_files_is_refused_before_any_work(tmp_path: Path, tiny_lm) -> None:
     from saesteer.errors import SaesteerError
 

@@ -29,7 +29,7 @@ import torch
 
 from saesteer.config import atomic_write_bytes
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import ArchAdapter, HookPoint, check_width
+from saesteer.model.adapter import ArchAdapter, HookPoint, StopForward, check_width
 from saesteer.sae.base import SAE
 from saesteer.steering.interventions import as_direction, check_feature
 from saesteer.steering.operators import make_reader
@@ -310,10 +310,39 @@ def prompt_scores(
     system_prompt: str | None = None,
 ) -> torch.Tensor:
     """The gate's per-prompt scores (N,) on chat prompts, exactly as the gate computes them while steering."""
+    return prompt_scores_many(adapter, tokenizer, prompts, [gate], batch_size, system_prompt)[0]
+
+
+def prompt_scores_many(
+    adapter: ArchAdapter | Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    gates: Sequence[Gate],
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+) -> list[torch.Tensor]:
+    """:func:`prompt_scores` of several gates from one truncated forward per batch (it records every gate's hook
+    point and stops after the deepest), so scoring many gates costs one prompt pass, not one per gate."""
+    from saesteer.model.generation import encode_chats
+
     ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
-    gate.scorer.validate(ad.d_model)
-    _, out = _per_prompt(ad, tokenizer, prompts, gate.hook, gate.scores, batch_size, system_prompt)
-    return torch.cat(out) if out else torch.zeros(0)
+    for g in gates:
+        g.scorer.validate(ad.d_model)
+    dev = next(ad.model.parameters()).device
+    points = [ad.check(g.hook).name for g in gates]
+    out: list[list[torch.Tensor]] = [[] for _ in gates]
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
+            ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+            with ad.record(points, clone=False, truncate=True) as got:
+                try:
+                    ad.forward(ids, mask)
+                except StopForward:
+                    pass
+            for j, (g, point) in enumerate(zip(gates, points, strict=True)):
+                out[j].append(g.scores(got[point][0], mask.bool()).cpu())
+    return [torch.cat(o) if o else torch.zeros(0) for o in out]
 
 
 def prompt_activations(

@@ -36,20 +36,20 @@ def capability_data(cfg: StudyConfig, prompts: StudyPrompts, real: bool) -> Capa
             gsm8k_shots=reg.take_items("builtin_math", "fewshot", c.gsm8k_shots, seed) if c.gsm8k_shots else [],
         )
     per = cfg.evaluate.mmlu_per_subject
-    mmlu = reg.take_items("mmlu", "test", None if per else c.mmlu_n, seed, per_group=per or None)
-    data = CapabilityData(
-        mmlu=mmlu,
-        truthfulqa=reg.take_items("truthfulqa", "test", c.truthfulqa_n, seed),
-        gsm8k=reg.take_items("gsm8k", "test", c.gsm8k_n, seed),
-    )
-    if c.mmlu_shots:
+
+    def take(name: str, n: int | None, **kw: Any) -> list[Any]:  # sized 0: not drawn, not recorded
+        return reg.take_items(name, "test", n, seed, **kw) if n != 0 else []
+
+    mmlu = take("mmlu", None, per_group=per) if per else take("mmlu", c.mmlu_n)
+    data = CapabilityData(mmlu=mmlu, truthfulqa=take("truthfulqa", c.truthfulqa_n), gsm8k=take("gsm8k", c.gsm8k_n))
+    if c.mmlu_shots and mmlu:
         subjects = sorted({q.subject for q in mmlu})
         for q in load_mmlu(None, 0, cfg.data_dir, split="dev", subjects=subjects):
             shots = data.mmlu_shots.setdefault(q.subject, [])
             if len(shots) < c.mmlu_shots:
                 shots.append(q)
         reg.record("mmlu", "fewshot", [t for qs in data.mmlu_shots.values() for q in qs for t in item_texts(q)])
-    if c.gsm8k_shots:
+    if c.gsm8k_shots and data.gsm8k:
         data.gsm8k_shots = pick_gsm8k_shots(load_gsm8k(None, 0, cfg.data_dir, split="train"), c.gsm8k_shots, seed)
         reg.record("gsm8k", "fewshot", [t for p in data.gsm8k_shots for t in item_texts(p)])
     return data

@@ -68,6 +68,9 @@ class EvaluateConfig:
     humaneval_max_new_tokens: int = opt(384, "tokens generated per HumanEval answer")
     divergence_n: int = opt(24, "harmless dev prompts of the KL / cross-entropy measure")
     divergence_max_new_tokens: int = opt(48, "tokens of the unsteered responses the KL / CE measure scores")
+    variant_attacks: bool = opt(
+        True, "generate FRACTURED under every gate variant (gate_variants stage; off: the chosen gate's only)"
+    )
 
 
 @dataclass
@@ -209,36 +212,38 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evaluate.divergence_n": 4,
         "evaluate.divergence_max_new_tokens": 8,
     },
-    "cpu": {  # the default: a 2M-token, 16k-latent SAE and small samples, about 1 h on 2 CPU cores
-        "harvest.n_tokens": 2_000_000,
+    "cpu": {  # the default, sized to <= 60 min on a 2-core CPU: a 600k-token 16k-latent SAE, small test samples,
+        # capability as HumanEval + the KL/CE measure (the log-likelihood benchmarks run in the full profile)
+        "harvest.n_tokens": 600_000,
         "harvest.held_out_tokens": 65_536,
         "harvest.shard_tokens": 250_000,
         "chat.n": 200,
         "chat.max_new_tokens": 48,
         "train.batch_size": 4096,
-        # AuxK revives latents silent for the window that counts them dead: at 2M tokens the 500k default
-        # revives too late (held-out dead 38% -> 14% at the same FVU, docs/study.md)
+        # AuxK revives latents silent for the window that counts them dead: the 500k default revives too late
+        # for a run this short (held-out dead 38% -> 14% at the same FVU on 2M tokens, docs/study.md)
         "train.dead_tokens": 65_536,
-        "finetune.tokens": 16_384,
+        "finetune.tokens": 0,
         "features.n_harmful": 32,
         "features.n_rank": 64,
         "features.n_attribution": 32,
-        "features.max_screen": 16,
-        "features.n_generate": 3,
+        "features.max_screen": 12,
+        "features.n_generate": 2,
         "generation.max_new_tokens": 16,
         "safety.n": 30,
         "safety.alpaca_n": 30,
-        "capability.mmlu_n": 57,
+        "capability.mmlu_n": 0,
         "capability.mmlu_shots": 5,
-        "capability.truthfulqa_n": 30,
-        "capability.gsm8k_n": 6,
-        "capability.gsm8k_shots": 2,
+        "capability.truthfulqa_n": 0,
+        "capability.gsm8k_n": 0,
+        "capability.gsm8k_shots": 0,
         "capability.gsm8k_max_new_tokens": 128,
         "multiturn.n": 8,
         "multiturn.max_steps": 2,
         "evaluate.humaneval_n": 20,
         "evaluate.humaneval_max_new_tokens": 256,
         "evaluate.divergence_n": 24,
+        "evaluate.variant_attacks": False,
     },
     "gpu": {  # paper-sized samples
         "harvest.n_tokens": 20_000_000,
@@ -272,6 +277,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 # test sets at their full size; capability on the headline conditions only
 PROFILES["full"] = {
     **PROFILES["cpu"],
+    "finetune.tokens": 16_384,
+    "evaluate.variant_attacks": True,
     "generation.max_new_tokens": 24,
     "safety.n": None,
     "safety.alpaca_n": 300,

@@ -12,8 +12,9 @@ and no generation: gain kept (paired bootstrap), over-refusal on the look-alikes
 on Alpaca, the unseen sets, HumanEval loss (Tango's paired intervals), and its firing rate per dataset. The
 sweep's own run of the chosen variant checks the identity (the stage records how many items agree).
 
-Multi-turn attacks decide once per turn, so no composition reproduces them: FRACTURED is generated again under
-each variant (the chosen one's attacks are the sweep's). The log-likelihood benchmarks are measured for the chosen
+Multi-turn attacks decide once per turn, so no composition reproduces them: with ``evaluate.variant_attacks``
+FRACTURED is generated again under each variant (the chosen one's attacks are the sweep's). Every variant's test
+scores come from one truncated prompt pass per batch (``prompt_scores_many``), not one per variant. The log-likelihood benchmarks are measured for the chosen
 gate only, in the sweep. Nothing here chooses: the variants are refit on the same dev data exactly as the
 ``gate_fit`` stage fit them, and the headline gate stays the dev choice.
 """
@@ -35,7 +36,7 @@ from saesteer.model.loading import LoadedModel
 from saesteer.report.derived import shared_outcomes
 from saesteer.report.results import ResultsTable
 from saesteer.stages import StageRunner
-from saesteer.steering.gate import Gate, prompt_scores
+from saesteer.steering.gate import Gate, prompt_scores_many
 from saesteer.study.design import Condition
 from saesteer.study.dev_stages import gate_layers
 from saesteer.study.gate_table import ALPACA, LOOK_ALIKES
@@ -140,11 +141,11 @@ def stage_gate_variants(
     def run(folder: Path) -> dict[str, Any]:
         res = fit_gate(lm.model, lm.tokenizer, data, specs, objective=fcfg.objective(), sae=trained.sae,
                        batch_size=fcfg.batch_size)  # fmt: skip
+        fitted = [r for r in res.results if r.gate is not None]
+        scores = prompt_scores_many(lm.model, lm.tokenizer, [texts[k] for k in keys], [r.gate for r in fitted],
+                                    fcfg.batch_size)  # fmt: skip
         rows = []
-        for r in res.results:
-            if r.gate is None:
-                continue
-            s = prompt_scores(lm.model, lm.tokenizer, [texts[k] for k in keys], r.gate, fcfg.batch_size)
+        for r, s in zip(fitted, scores, strict=True):
             fired = dict(zip(keys, r.gate.decide(s).tolist(), strict=True))
             row = {"variant": r.spec.name, "threshold": r.threshold, "dev_objective": r.objective,
                    "ms_per_prompt": r.ms_per_prompt, "n_features": len(r.features),
@@ -152,7 +153,7 @@ def stage_gate_variants(
             chosen = r.spec.name == res.chosen.spec.name
             if chosen:
                 row["composition_check"] = _check(table, gated, outcomes, fired)
-            if attacks:  # the chosen variant's attacks ran in the sweep
+            if attacks and (chosen or cfg.evaluate.variant_attacks):  # the chosen variant's attacks ran in the sweep
                 won = table.items(gated, "fractured_asr") if chosen else _fractured(ctx, clamp, r.gate)
                 row["asr_drop"] = _diff(won or {}, attacks)  # baseline minus gated success
             rows.append(row)
@@ -168,7 +169,8 @@ def stage_gate_variants(
     inputs = {"model": lm.spec, "sae": str(trained.folder), "specs": [sp.name for sp in specs],
               "prompts": digest(data.harmful + data.hard + data.alpaca), "objective": [fcfg.lam_hard, fcfg.lam_alpaca],
               "sweep": runner.folders["sweep"].name if "sweep" in runner.folders else None, "gated": gated,
-              "items": digest(keys), "multiturn": config_to_dict(cfg.multiturn)}  # fmt: skip
+              "items": digest(keys), "multiturn": config_to_dict(cfg.multiturn),
+              "variant_attacks": cfg.evaluate.variant_attacks}  # fmt: skip
     return runner.run("gate_variants", inputs, run, load, code=("gating", "steering", "study/gate_variants"))
 
 

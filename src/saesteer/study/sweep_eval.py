@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import CapabilityData, run_capability
+from saesteer.evaluation.capability import BENCHMARKS, CapabilityData, run_capability
 from saesteer.evaluation.datasets import has_data
 from saesteer.evaluation.divergence import steering_divergence
 from saesteer.evaluation.humaneval import chat_prompt, score_humaneval
@@ -122,7 +122,7 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
     if any(not table.has(cond.name, m) for m in _safety_metrics(ctx)):
         _safety(ctx, cond, steering, table)
     if cond.name in ctx.capability_conditions:
-        if any(not table.has(cond.name, m) for m in CAPABILITY_METRICS):
+        if any(not table.has(cond.name, m) for m in _capability_metrics(ctx)):
             _capability(ctx, cond, steering, table)
         if ctx.humaneval and not table.has(cond.name, "humaneval"):
             _humaneval(ctx, cond, steering, table)
@@ -192,7 +192,8 @@ def _capability(ctx: SweepContext, cond: Condition, steering: Steering | None, t
     ccfg = dataclasses.replace(
         cfg.capability, seed=cfg.seed, data_dir=cfg.data_dir, builtin=not _has_capability_data(cfg.data_dir)
     )
-    results = run_capability(ctx.model, ctx.tokenizer, ccfg, progress=True, steering=steering, data=ctx.capability_data)
+    results = run_capability(ctx.model, ctx.tokenizer, ccfg, _benchmarks(ctx), progress=True, steering=steering,
+                             data=ctx.capability_data)  # fmt: skip
     for metric, r in results.items():
         _benchmark_row(table, cond, metric, r)
     ctx.log("  " + "; ".join(r.summary() for r in results.values()))
@@ -278,6 +279,16 @@ def _firing(ctx: SweepContext, cond: Condition, gate: Gate, table: ResultsTable)
         fired = gate.decide(prompt_scores(ctx.model, ctx.tokenizer, [p.text for p in ps], gate, bs))
         items = {p.id: float(f) for p, f in zip(ps, fired.tolist(), strict=True)}
         table.add(cond.rate_row(metric, int(fired.sum()), len(ps), [name]), replace=True, items=items)
+
+
+def _benchmarks(ctx: SweepContext) -> tuple[str, ...]:
+    """The log-likelihood / GSM8K benchmarks with items to score (a profile skips one by sizing it 0)."""
+    d = ctx.capability_data
+    return tuple(b for b in BENCHMARKS if d is None or getattr(d, b))
+
+
+def _capability_metrics(ctx: SweepContext) -> tuple[str, ...]:
+    return tuple(m for m in CAPABILITY_METRICS if m.split("_")[0] in _benchmarks(ctx))
 
 
 def _has_capability_data(data_dir: str | None) -> bool:
