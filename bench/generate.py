@@ -134,6 +134,12 @@ def bench_batch(model: Any, tok: Any, sae: Any, args: argparse.Namespace, batch:
             share = f" {d[(p, v)] / lim_tps:10.1%}" if d is tps else ""
             line += f" {d[(p, v)]:{12 if d is dec else 9}.1f} {d[(p, v)] / d[(p, 'base')]:6.3f} {vs_eager}{share}"
         print(line)
+    if args.rounds > 1:  # each round's steered time against the same round's unsteered one: drift cancels
+        print("paired per round (steered tokens/s over the same round's unsteered): median [min, max]")
+        for p, v in runs:
+            if v != "base":
+                r = [b / t for b, t in zip(times[(p, "base")], times[(p, v)], strict=True)]
+                print(f"  {p:<6} {v:<11} {statistics.median(r):.3f} [{min(r):.3f}, {max(r):.3f}]")
     if "eager" in paths and "fast" in paths:
         for v in steerings:
             a, b = tokens[("eager", v)], tokens[("fast", v)]
@@ -185,7 +191,7 @@ def main() -> None:
         "'limit share': tokens/s over the floor the measured matmul rate and bandwidth allow; 'tok/cpu-s': tokens "
         "per second of this process's CPU time (less sensitive to other processes, with --threads 1 above all); "
         "'decode tok/s': the new tokens after the first over the run's time minus a prompt-pass-plus-one-token run. "
-        "Ratios on a busy machine are noisy: rerun with --rounds 3 on an idle one."
+        "Ratios on a busy machine are noisy: rerun with --rounds 5 on an idle one and read the paired ratios."
     )
 
 

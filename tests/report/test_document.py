@@ -65,7 +65,7 @@ def test_paired_intervals_are_tango_on_the_items_and_narrower_than_unpaired() ->
 
 def test_findings_state_each_claim_with_its_interval() -> None:
     text = " ".join(_claims(_data()))
-    assert "Headline clamp clamp f=10 c=8 (chosen on dev prompts)" in text
+    assert "Headline condition: clamp f=10 c=8 (chosen on dev prompts)" in text
     assert "Unsafe-refusal gain: +38.0 pts [" in text and "(n=200)" in text
     # the +1-point control is not a finding: not detectable, with the minimum detectable effect
     ctrl = next(c for c in _claims(_data()) if c.startswith("Control control f=3 c=4"))

@@ -133,7 +133,7 @@ def _clamp(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list
         return ["No refusal-feature clamp was measured."]
     how = "chosen on dev prompts" if h.dev else "first in the grid (no dev choice recorded)"
     out = [
-        f"Headline clamp {d.condition} ({how}). "
+        f"Headline condition: {d.condition} ({how}). "
         + claim("Unsafe-refusal gain", d.safety_gain, table, "unsafe_refusal", d.condition)
         + ".",  # fmt: skip
         claim("Safe-prompt over-refusal", d.over_refusal_diff, table, "safe_refusal", d.condition)
