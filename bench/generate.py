@@ -138,8 +138,8 @@ def bench_batch(model: Any, tok: Any, sae: Any, args: argparse.Namespace, batch:
         print("paired per round (steered tokens/s over the same round's unsteered): median [min, max]")
         for p, v in runs:
             if v != "base":
-                r = [b / t for b, t in zip(times[(p, "base")], times[(p, v)], strict=True)]
-                print(f"  {p:<6} {v:<11} {statistics.median(r):.3f} [{min(r):.3f}, {max(r):.3f}]")
+                q = [b / t for b, t in zip(times[(p, "base")], times[(p, v)], strict=True)]
+                print(f"  {p:<6} {v:<11} {statistics.median(q):.3f} [{min(q):.3f}, {max(q):.3f}]")
     if "eager" in paths and "fast" in paths:
         for v in steerings:
             a, b = tokens[("eager", v)], tokens[("fast", v)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saesteer.model.packed import packing_supported
-from saesteer.sae.kernels import SparsePattern, TopkLatents, topk_step
+from saesteer.sae.kernels import CHUNK_ROWS, SparsePattern, TopkLatents, topk_step
 
 
 def test_sparse_pattern_products() -> None:
@@ -103,6 +103,7 @@ def test_topk_latents_decide_exactly_as_float32(low: torch.dtype) -> None:
     member = want[:, :2] > 0
     assert member.any() and (~member & (pre[:, :2] > 0)).any()  # near-tied features both in and out of the top k
     assert 0 < kern.rows_encoded < x.shape[0]  # rows with pre_f <= 0 skipped the encoder
+    assert kern.rows_encoded > 2 * CHUNK_ROWS  # the rows span several encoder blocks
     if low == torch.bfloat16:
         assert 0 < kern.rows_rechecked < kern.rows_encoded  # near-ties went to float32, clear rows did not
         lo = (x.to(low) @ w.to(low)).float() + b  # the bf16 encoder alone would decide some rows wrongly

@@ -179,6 +179,11 @@ def topk_step(
     )
 
 
+# rows per encoder block: a (rows, d_sae) float32 block small enough that the allocator reuses its memory (a
+# fresh multi-MB block per call costs more in page faults than the product itself on a prompt pass)
+CHUNK_ROWS = 128
+
+
 class TopkLatents:
     """Exact Top-k latents of a few features, decided in fp32 at the cost of a bf16 encoder.
 
@@ -237,6 +242,14 @@ class TopkLatents:
             return z
         xr, pf = x.index_select(0, rows), pre_f.index_select(0, rows)
         self.rows_encoded += rows.numel()
+        zr = torch.cat(
+            [self._decide(xr[i : i + CHUNK_ROWS], pf[i : i + CHUNK_ROWS]) for i in range(0, len(xr), CHUNK_ROWS)]
+        )
+        z[rows] = zr
+        return z
+
+    def _decide(self, xr: torch.Tensor, pf: torch.Tensor) -> torch.Tensor:
+        """Steps 2-3 on rows that passed step 1: (n, |F|) latents of rows ``xr`` with pre-activations ``pf``."""
         lo = linear(self.lin, xr.to(self.low)).float().add_(self.b)
         t_lo = lo.topk(self.k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
         band = (self.c * self.w_max) * torch.linalg.vector_norm(xr, dim=-1, keepdim=True)
@@ -253,5 +266,4 @@ class TopkLatents:
             zr[near] = torch.relu(pfn) * (pfn >= kth)
             self.rows_rechecked += near.numel()
             self.cols_rechecked += cand.numel()
-        z[rows] = zr
-        return z
+        return zr
