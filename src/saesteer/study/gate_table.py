@@ -100,14 +100,16 @@ def variants_test_table(composed: dict[str, Any] | None) -> Table | None:
     chosen = next((v for v in composed["variants"] if "composition_check" in v), None)
     check = (f" Check: on the chosen variant the composition equals the sweep's own gated run on "
              f"{chosen['composition_check'][0]} of {chosen['composition_check'][1]} items." if chosen else "")  # fmt: skip
+    every = sum(v.get("asr_drop") is not None for v in composed["variants"]) > 1
+    attacks = "is generated under each variant" if every else "is measured under the chosen gate only (n/a: not run)"
     note = (
         f"Each variant of the dev comparison gating {composed['clamp']}, at its dev threshold, on the test items. "
         "No extra generation: a prompt-level gate under greedy decoding gives the clamp's outcome where it fires "
         "and the baseline's where it does not, so each variant's outcomes are composed from the sweep's baseline "
         "and clamp outcomes and the variant's score of each test prompt (saesteer.study.gate_variants)."
         f"{check} Read on test, these points choose nothing. Intervals: gain kept and the ratio by paired "
-        "bootstrap, differences by Tango's paired interval. Multi-turn attacks decide per turn: their ASR drop "
-        "(FRACTURED) is generated under each variant. Log-likelihood benchmarks: the chosen gate only, above."
+        "bootstrap, differences by Tango's paired interval. Multi-turn attacks decide per turn, so no composition "
+        f"gives them: their ASR drop (FRACTURED) {attacks}. Log-likelihood benchmarks: the chosen gate only, above."
     )
     return Table("Every gate variant on the test splits (composed)", headers, rows, note)
 
