@@ -121,6 +121,17 @@ def test_mmlu_prompt_format_and_shots_dropped_to_fit(lm: tuple[Any, Any]) -> Non
     assert full.records[0]["shots"] == 5 and 0 <= cut.records[0]["shots"] < 5
 
 
+def test_mmlu_per_subject_prefix_cache_gives_the_same_scores(lm: tuple[Any, Any]) -> None:
+    model, tok = lm
+    shots = {s: [_q(10 + i, i % 4, s) for i in range(3)] for s in ("anatomy", "astronomy")}
+    qs = [_q(1, 2), _q(2, 1, "astronomy"), _q(3, 0), _q(4, 3), _q(5, 2, "astronomy")]
+    plain = score_mmlu(model, tok, qs, shots, n_shots=3, batch_size=2)
+    shared = score_mmlu(model, tok, qs, shots, n_shots=3, batch_size=2, share_prefix=True)
+    for a, b in zip(plain.records, shared.records, strict=True):
+        assert a["id"] == b["id"] and a["prediction"] == b["prediction"]
+        assert b["loglik"] == pytest.approx(a["loglik"], abs=1e-4)
+
+
 def test_mmlu_picks_the_planted_answer(lm: tuple[Any, Any], hooked: Any) -> None:
     model, tok = lm
     c_id = _token(tok, " C")

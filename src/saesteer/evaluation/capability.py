@@ -89,8 +89,9 @@ class CapabilityConfig:
     builtin: bool = opt(False, "score the built-in suites instead of the data directory (smaller, no files needed)")
     share_prefix: bool = opt(
         False,
-        "TruthfulQA: run the QA primer all answers share once and reuse its KV cache (~2x faster); same scores "
-        "(up to bf16 rounding) under per-position steering, not under a gate that judges the whole prompt",
+        "TruthfulQA: run the QA primer all answers share once and reuse its KV cache (~2x faster); MMLU: the same "
+        "per subject (header and shots); same scores (up to bf16 rounding) under per-position steering, not under "
+        "a gate that judges the whole prompt",
     )
 
 
@@ -118,8 +119,11 @@ def score_mmlu(
     batch_size: int = 8,
     max_length: int = 2048,
     progress: bool = False,
+    share_prefix: bool = False,
 ) -> BenchmarkResult:
-    """Accuracy of ``argmax_letter log p(" letter" | prompt)``; ``shots[subject]`` gives the first ``n_shots``."""
+    """Accuracy of ``argmax_letter log p(" letter" | prompt)``; ``shots[subject]`` gives the first ``n_shots``.
+    ``share_prefix``: per subject, the token prefix its prompts share (header and shots) runs once and its KV cache
+    is reused (see :func:`saesteer.evaluation.loglik.loglikelihoods`)."""
     if not questions:
         raise SaesteerError("no MMLU questions to score; raise mmlu_n")
     t0 = time.perf_counter()
@@ -131,7 +135,19 @@ def score_mmlu(
         prompts.append(text)
         used.append(k)
     reqs = [(p, f" {LETTERS[j]}") for p, q in zip(prompts, questions, strict=True) for j in range(len(q.choices))]
-    lls = loglikelihoods(model, tokenizer, reqs, batch_size, max_length, progress, "mmlu")
+    if share_prefix:  # a subject's header and shots run once, its questions continue their KV cache
+        by_subject: dict[str, list[int]] = {}
+        i = 0
+        for q in questions:
+            by_subject.setdefault(q.subject, []).extend(range(i, i + len(q.choices)))
+            i += len(q.choices)
+        lls = [0.0] * len(reqs)
+        for idx in by_subject.values():
+            part = loglikelihoods(model, tokenizer, [reqs[j] for j in idx], batch_size, max_length, False, "mmlu", True)
+            for j, v in zip(idx, part, strict=True):
+                lls[j] = v
+    else:
+        lls = loglikelihoods(model, tokenizer, reqs, batch_size, max_length, progress, "mmlu")
     records, correct, i = [], [], 0
     for q, k in zip(questions, used, strict=True):
         ll = lls[i : i + len(q.choices)]
@@ -273,7 +289,9 @@ def run_capability(
     bs, ml = cfg.batch_size, cfg.max_length
 
     def mmlu(qs: Sequence[MCQuestion]) -> dict[str, BenchmarkResult]:
-        return {"mmlu": score_mmlu(model, tokenizer, qs, d.mmlu_shots, cfg.mmlu_shots, bs, ml, progress)}
+        return {
+            "mmlu": score_mmlu(model, tokenizer, qs, d.mmlu_shots, cfg.mmlu_shots, bs, ml, progress, cfg.share_prefix)
+        }
 
     def truthfulqa(items: Sequence[TruthfulQAItem]) -> dict[str, BenchmarkResult]:
         mc1, mc2 = score_truthfulqa(model, tokenizer, items, bs, ml, progress, cfg.share_prefix)
