@@ -123,3 +123,19 @@ def test_write_report_without_plots(tmp_path: Path) -> None:
 
 def test_fmt_seconds() -> None:
     assert [fmt_seconds(s) for s in (4.4, 65, 3600 + 62)] == ["4s", "1m 05s", "1h 01m 02s"]
+
+
+def test_a_claim_with_too_few_discordant_pairs_says_nothing_is_detectable() -> None:
+    from saesteer.report.derived import Estimate
+    from saesteer.report.findings import claim
+    from saesteer.report.results import ResultsTable
+
+    table, conds = make_table()
+    base, steered = {f"p{i}": float(i < 8) for i in range(20)}, {f"p{i}": float(i < 6) for i in range(20)}
+    for cond, items in ((conds[0], base), (conds[1], steered)):
+        table.add(cond.rate_row("humaneval", int(sum(items.values())), 20, ("humaneval",)), save=False, items=items)
+    assert isinstance(table, ResultsTable) and conds[0].name == "baseline"
+    e = Estimate(-0.10, -0.30, 0.08, TANGO, 20)  # 2 discordant pairs of 20: McNemar can't reach 80% power
+    text = claim("HumanEval pass@1 loss", e, table, "humaneval", conds[1].name)
+    assert text.startswith("HumanEval pass@1 loss: not detectable at n=20")
+    assert "too few discordant pairs for any effect to be detectable at this n" in text

@@ -102,7 +102,10 @@ def claim(label: str, e: Estimate | None, table: ResultsTable, metric: str, cond
     if e.excludes_zero:
         return f"{label}: {body}"
     m = mde(table, metric, "baseline", cond)
-    tail = f"; minimum detectable effect {100 * m:.1f} pts" if m is not None and math.isfinite(m) else ""
+    tail = ""
+    if m is not None:
+        tail = (f"; minimum detectable effect {100 * m:.1f} pts" if math.isfinite(m)
+                else "; too few discordant pairs for any effect to be detectable at this n")  # fmt: skip
     return f"{label}: not detectable at n={e.n} ({body}{tail})"
 
 
