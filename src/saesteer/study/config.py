@@ -278,7 +278,6 @@ PROFILES: dict[str, dict[str, Any]] = {
 PROFILES["full"] = {
     **PROFILES["cpu"],
     "finetune.tokens": 16_384,
-    "evaluate.variant_attacks": True,
     "generation.max_new_tokens": 24,
     "safety.n": None,
     "safety.alpaca_n": 300,
