@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from generate import make_steerings
+from generate import add_common_args, make_steerings
 from saesteer.model.adapter import ArchAdapter
 from saesteer.model.decode import decode
 from saesteer.model.generation import encode_chats
@@ -45,17 +45,11 @@ def _timed(apply: Any) -> Any:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default")
-    p.add_argument("--sae", help="a trained SAE folder (default: a random Top-k SAE)")
-    p.add_argument("--layer", type=int, default=12)
-    p.add_argument("--d-sae", type=int, default=16384)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batches", default="1,16,64")
-    p.add_argument("--new-tokens", type=int, default=32)
+    add_common_args(p)
     args = p.parse_args()
     args.device = "cpu"
     torch.set_grad_enabled(False)
-    lm = load(args.model, dtype="auto", device="cpu")
+    lm = load(args.model, dtype=args.dtype, device="cpu")
     model, tok = lm.model, lm.tokenizer
     sae = build_sae(args, ArchAdapter(model).d_model, torch.device("cpu"))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -148,8 +148,8 @@ def bench_batch(model: Any, tok: Any, sae: Any, args: argparse.Namespace, batch:
             print(f"token agreement fast vs eager ({v}): {agree:.1%} of tokens, {rows:.1%} of rows identical")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The model, SAE and workload options the decoding benches share."""
     p.add_argument("--model", default="default")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--sae", help="a trained SAE folder (default: a random Top-k SAE)")
@@ -158,6 +158,11 @@ def main() -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batches", default="1,16,64")
     p.add_argument("--new-tokens", type=int, default=32)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--paths", default="eager,fast")
     p.add_argument("--variants", default="base,clamp,clamp-cols,gated")
