@@ -259,12 +259,24 @@ class ArchAdapter:
         mask_positions: bool = False,
     ) -> torch.Tensor:
         """Truncated forward: run the model only up to ``point`` and return the activation there."""
-        with self.record([point], clone=False, truncate=True) as got:
+        return self.run_to_all([point], input_ids, attention_mask, mask_positions=mask_positions)[0]
+
+    @torch.no_grad()
+    def run_to_all(
+        self,
+        points: Sequence[str | HookPoint],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        mask_positions: bool = False,
+    ) -> list[torch.Tensor]:
+        """One truncated forward up to the deepest of ``points``; the activation at each, in ``points``' order."""
+        with self.record(points, clone=False, truncate=True) as got:
             try:
                 self.forward(input_ids, attention_mask, mask_positions=mask_positions)
             except StopForward:
                 pass
-        return self._one(got, point)
+        return [self._one(got, p) for p in points]
 
     @torch.no_grad()
     def run_full(

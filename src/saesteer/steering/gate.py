@@ -29,7 +29,7 @@ import torch
 
 from saesteer.config import atomic_write_bytes
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import ArchAdapter, HookPoint, StopForward, check_width
+from saesteer.model.adapter import ArchAdapter, HookPoint, check_width
 from saesteer.sae.base import SAE
 from saesteer.steering.interventions import as_direction, check_feature
 from saesteer.steering.operators import make_reader
@@ -282,22 +282,24 @@ def _per_prompt(
     adapter: ArchAdapter | Any,
     tokenizer: Any,
     prompts: Sequence[Any],
-    hook: str,
-    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reducers: Sequence[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]],
     batch_size: int,
     system_prompt: str | None,
-) -> tuple[ArchAdapter, list[torch.Tensor]]:
-    """Run chat prompts to ``hook`` in batches; ``reduce(acts, real_mask)`` turns each batch into per-prompt rows."""
+) -> tuple[ArchAdapter, list[list[torch.Tensor]]]:
+    """Run chat prompts in batches, each batch one truncated forward to the deepest hook of ``reducers``; each
+    ``(hook, reduce)`` turns a batch's activation at its hook (and the real-token mask) into per-prompt rows."""
     from saesteer.model.generation import encode_chats
 
     ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
     dev = next(ad.model.parameters()).device
-    out: list[torch.Tensor] = []
+    out: list[list[torch.Tensor]] = [[] for _ in reducers]
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
             enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
             ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-            out.append(reduce(ad.run_to(hook, ids, mask), mask.bool()).cpu())
+            acts = ad.run_to_all([hook for hook, _ in reducers], ids, mask)
+            for rows, x, (_, reduce) in zip(out, acts, reducers, strict=True):
+                rows.append(reduce(x, mask.bool()).cpu())
     return ad, out
 
 
@@ -323,25 +325,10 @@ def prompt_scores_many(
 ) -> list[torch.Tensor]:
     """:func:`prompt_scores` of several gates from one truncated forward per batch (it records every gate's hook
     point and stops after the deepest), so scoring many gates costs one prompt pass, not one per gate."""
-    from saesteer.model.generation import encode_chats
-
     ad = adapter if isinstance(adapter, ArchAdapter) else ArchAdapter(adapter)
     for g in gates:
         g.scorer.validate(ad.d_model)
-    dev = next(ad.model.parameters()).device
-    points = [ad.check(g.hook).name for g in gates]
-    out: list[list[torch.Tensor]] = [[] for _ in gates]
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch_size):
-            enc = encode_chats(tokenizer, list(prompts[i : i + batch_size]), system_prompt)
-            ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-            with ad.record(points, clone=False, truncate=True) as got:
-                try:
-                    ad.forward(ids, mask)
-                except StopForward:
-                    pass
-            for j, (g, point) in enumerate(zip(gates, points, strict=True)):
-                out[j].append(g.scores(got[point][0], mask.bool()).cpu())
+    _, out = _per_prompt(ad, tokenizer, prompts, [(g.hook, g.scores) for g in gates], batch_size, system_prompt)
     return [torch.cat(o) if o else torch.zeros(0) for o in out]
 
 
@@ -364,8 +351,8 @@ def prompt_activations(
     def pool(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return reduce_tokens(x.float(), real, reduce, tail, offset)
 
-    ad, out = _per_prompt(adapter, tokenizer, prompts, hook, pool, batch_size, system_prompt)
-    return torch.cat(out) if out else torch.zeros(0, ad.d_model)
+    ad, out = _per_prompt(adapter, tokenizer, prompts, [(hook, pool)], batch_size, system_prompt)
+    return torch.cat(out[0]) if out[0] else torch.zeros(0, ad.d_model)
 
 
 def fit_probe(positive: torch.Tensor, negative: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> ProjectionScorer:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.model.adapter import ArchAdapter, HookPoint, StopForward
+from saesteer.model.adapter import ArchAdapter, HookPoint
 from saesteer.steering.direction import post_instruction_tokens
 from saesteer.steering.gate import reduce_tokens
 
@@ -107,12 +107,8 @@ def readouts(
         idx = order[start : start + batch_size]
         enc = encode_chats(tokenizer, [prompts[i] for i in idx], system_prompt)
         real = enc["attention_mask"].bool().to(dev)
-        with ad.record(points, clone=False, truncate=True) as got:
-            try:
-                ad.forward(enc["input_ids"].to(dev), real.long())
-            except StopForward:
-                pass  # every point recorded: the later layers never run
-        seen = {name: acts[0].float() for name, acts in got.items()}
+        acts = ad.run_to_all(points, enc["input_ids"].to(dev), real.long())  # the later layers never run
+        seen = {p.name: a.float() for p, a in zip(points, acts, strict=True)}
         for key, t in _with_latents(seen, latents):
             for r in rules:
                 out.setdefault((key, r.name), []).append(reduce_tokens(t, real, r.reduce, r.tail, r.offset).cpu())

@@ -14,8 +14,8 @@ sweep's own run of the chosen variant checks the identity (the stage records how
 
 Multi-turn attacks decide once per turn, so no composition reproduces them: with ``evaluate.variant_attacks``
 FRACTURED is generated again under each variant (the chosen one's attacks are the sweep's). Every variant's test
-scores come from one truncated prompt pass per batch (``prompt_scores_many``), not one per variant. The log-likelihood benchmarks are measured for the chosen
-gate only, in the sweep. Nothing here chooses: the variants are refit on the same dev data exactly as the
+scores come from one truncated prompt pass per batch (``prompt_scores_many``), not one per variant. The
+log-likelihood benchmarks are measured for the chosen gate only, in the sweep. Nothing here chooses: the variants are refit on the same dev data exactly as the
 ``gate_fit`` stage fit them, and the headline gate stays the dev choice.
 """
 
