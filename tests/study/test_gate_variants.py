@@ -3,7 +3,8 @@
 import pytest
 
 from saesteer.evaluation import paired
-from saesteer.study.gate_variants import compose, variant_metrics
+from saesteer.study.gate_variants import variant_metrics
+from saesteer.study.sweep_eval import compose
 
 BASE_U = {"harmbench:test/a": 0.0, "harmbench:test/b": 0.0, "advbench/c": 1.0, "advbench/d": 0.0}
 CLAMP_U = {"harmbench:test/a": 1.0, "harmbench:test/b": 1.0, "advbench/c": 1.0, "advbench/d": 1.0}

@@ -42,15 +42,10 @@ from saesteer.study.dev_stages import gate_layers
 from saesteer.study.gate_table import ALPACA, LOOK_ALIKES
 from saesteer.study.prompts import StudyPrompts, digest
 from saesteer.study.sae_stages import TrainedSAE
-from saesteer.study.sweep_eval import SweepContext, _multiturn, steering_from_context
+from saesteer.study.sweep_eval import SweepContext, _multiturn, compose, steering_from_context
 
 FITTED = " [fitted gate]"
 SAFETY = ("unsafe_refusal", "safe_refusal", "unseen_unsafe_refusal", "unseen_safe_refusal")
-
-
-def compose(base: Mapping[str, float], clamp: Mapping[str, float], fired: Mapping[str, bool]) -> dict[str, float]:
-    """The gated clamp's outcome per item: the clamp's where the gate fires, the baseline's where it does not."""
-    return {k: (clamp[k] if fired[k] else b) for k, b in base.items() if k in clamp and k in fired}
 
 
 def _est(e: paired.PairedEstimate) -> list[float]:
@@ -152,7 +147,8 @@ def stage_gate_variants(
                    **variant_metrics(outcomes, fired)}  # fmt: skip
             chosen = r.spec.name == res.chosen.spec.name
             if chosen:
-                row["composition_check"] = _check(table, gated, outcomes, fired)
+                generated = {m: o for m, o in outcomes.items() if m in SAFETY or not cfg.evaluate.compose_capability}
+                row["composition_check"] = _check(table, gated, generated, fired)
             if attacks and (chosen or cfg.evaluate.variant_attacks):  # the chosen variant's attacks ran in the sweep
                 won = table.items(gated, "fractured_asr") if chosen else _fractured(ctx, clamp, r.gate)
                 row["asr_drop"] = _diff(won or {}, attacks)  # baseline minus gated success

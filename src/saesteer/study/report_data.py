@@ -266,11 +266,21 @@ def write_study_report(
                  Table("Configuration (resolved_config.json)", ["option", "value"], _flat(config_to_dict(cfg)))],
         stages=stages, examples=examples(cfg, lm, prompts, names, grid, cache), seeds=seeds,
         notes=[f"Total wall time of this run: {wall_seconds:.0f} s (stages served from the cache count their "
-               "original time in the stage table).", *machine_note(machine)],
+               "original time in the stage table).", *machine_note(machine), *composed_note(cfg)],
     )  # fmt: skip
     write_report(report_dir, data)
     _copy_provenance(report_dir, runner, trained)
     mark(report_dir)
+
+
+def composed_note(cfg: StudyConfig) -> list[str]:
+    if not cfg.evaluate.compose_capability:
+        return []
+    return [
+        "Capability of a gated condition is composed, not scored again: per question, its ungated clamp's "
+        "outcome where the gate fires on the chat-formatted question and the baseline's where not (the gate "
+        "decides once per question either way). Its safety and multi-turn outcomes are generated."
+    ]
 
 
 def machine_note(machine: tuple[float, float] | None) -> list[str]:

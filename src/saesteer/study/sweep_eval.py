@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.capability import BENCHMARKS, CapabilityData, run_capability
+from saesteer.evaluation.capability import BENCHMARKS, CapabilityData, mc_block, run_capability
 from saesteer.evaluation.datasets import has_data
 from saesteer.evaluation.divergence import steering_divergence
 from saesteer.evaluation.humaneval import chat_prompt, score_humaneval
@@ -24,6 +24,7 @@ from saesteer.evaluation.multiturn import run_multiturn
 from saesteer.evaluation.safety import CompletionCache, refusal_rate
 from saesteer.evaluation.selection import UNSEEN_TEST_SETS
 from saesteer.evaluation.splits import PURPOSES
+from saesteer.evaluation.stats import mean_ci
 from saesteer.model.generation import GenerationConfig
 from saesteer.report.results import ResultsTable
 from saesteer.sae.base import SAE
@@ -121,6 +122,9 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
     steering = steering_from_context(ctx, cond)
     if any(not table.has(cond.name, m) for m in _safety_metrics(ctx)):
         _safety(ctx, cond, steering, table)
+    gate = steering.gate if steering is not None else None
+    if cond.name in ctx.capability_conditions and gate is not None and _composable(ctx, cond):
+        _compose_capability(ctx, cond, gate, table)
     if cond.name in ctx.capability_conditions:
         if any(not table.has(cond.name, m) for m in _capability_metrics(ctx)):
             _capability(ctx, cond, steering, table)
@@ -226,6 +230,59 @@ def _humaneval(ctx: SweepContext, cond: Condition, steering: Steering | None, ta
         fired = steering.gate.decide(prompt_scores(ctx.model, ctx.tokenizer, texts, steering.gate, bs))
         table.add(cond.rate_row("gate_firing:humaneval", int(fired.sum()), len(texts), ["humaneval"]), replace=True)
     ctx.log("  " + r.summary())
+
+
+def compose(base: Mapping[str, float], clamp: Mapping[str, float], fired: Mapping[str, bool]) -> dict[str, float]:
+    """The gated clamp's outcome per item: the clamp's where the gate fires, the baseline's where it does not."""
+    return {k: (clamp[k] if fired[k] else b) for k, b in base.items() if k in clamp and k in fired}
+
+
+def _composable(ctx: SweepContext, cond: Condition) -> bool:
+    return ctx.cfg.evaluate.compose_capability and cond.unconditional in ctx.capability_conditions
+
+
+def _gate_questions(ctx: SweepContext) -> dict[str, dict[str, str]]:
+    """Per capability metric, the chat question each item's gate decision reads (as ``run_capability`` asks it)."""
+    d = ctx.capability_data
+    asked: dict[str, list[tuple[Any, str]]] = {}
+    if d is not None:
+        asked["mmlu"] = [(q, mc_block(q)) for q in d.mmlu]
+        asked["truthfulqa_mc1"] = asked["truthfulqa_mc2"] = [(it, it.question) for it in d.truthfulqa]
+        asked["gsm8k"] = [(q, q.question) for q in d.gsm8k]
+    asked["humaneval"] = [(p, chat_prompt(p)) for p in ctx.humaneval]
+    return {m: {str(getattr(x, "id", None) or x.task_id): q for x, q in xs} for m, xs in asked.items() if xs}
+
+
+def _compose_capability(ctx: SweepContext, cond: Condition, gate: Gate, table: ResultsTable) -> None:
+    """A gated condition's capability cells from the baseline's and its ungated clamp's per-item outcomes.
+
+    The gate decides once per question from the chat-formatted question (as ``score_gated`` does); a question it
+    fires on is scored under the ungated clamp, the others unsteered. Both are in the table already, so each
+    item's outcome is looked up, not scored again (the same up to batch-composition rounding: the gate_variants
+    stage checks this kind of composition against generated safety outcomes)."""
+    t0 = time.time()
+    for metric, questions in _gate_questions(ctx).items():
+        base, clamp = table.items("baseline", metric), table.items(str(cond.unconditional), metric)
+        if table.has(cond.name, metric) or base is None or clamp is None:
+            continue
+        ids = list(questions)
+        scores = prompt_scores(
+            ctx.model, ctx.tokenizer, [questions[i] for i in ids], gate, ctx.cfg.generation.batch_size
+        )
+        fired = dict(zip(ids, [bool(f) for f in gate.decide(scores).tolist()], strict=True))
+        items = compose(base, clamp, fired)
+        values = list(items.values())
+        if metric in ITEM_KEYS and ITEM_KEYS[metric] == "mc2_true_mass":  # a mean, not a rate
+            m, lo, hi = mean_ci(values) if len(values) > 1 else (values[0], -math.inf, math.inf)
+            row = cond.row(metric, n=len(values), score=m, ci_lo=max(0.0, lo), ci_hi=min(1.0, hi),
+                           datasets=(metric,), interval="t", seconds=time.time() - t0)  # fmt: skip
+        else:
+            row = cond.rate_row(metric, int(sum(values)), len(values), [metric], time.time() - t0)
+        table.add(row, replace=True, items=items)
+        firing = cond.rate_row(f"gate_firing:{metric}", sum(fired.values()), len(fired), [metric])
+        table.add(firing, replace=True)
+        t0 = time.time()
+    ctx.log(f"  {cond.name}: capability composed from baseline and {cond.unconditional} under the gate")
 
 
 def _divergence(ctx: SweepContext, cond: Condition, steering: Steering, table: ResultsTable) -> None:
