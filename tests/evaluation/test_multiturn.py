@@ -200,6 +200,20 @@ def test_crescendo_with_local_attacker_and_real_template(lm: tuple[Any, Any]) ->
     assert res.n == 1 and len(res.records[0]["conversation"]) == 2 and res.settings["attacker"] == "LocalAttacker"
 
 
+def test_attacker_memo_serves_a_conversation_asked_again(lm: tuple[Any, Any]) -> None:
+    """A shared memo answers a repeated conversation with the reply generated the first time (each Crescendo
+    attack's first turn is the same under every steering condition), and matches a fresh attacker's reply."""
+    cfg = GenerationConfig(max_new_tokens=6)
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    memo: dict[str, str] = {}
+    first = LocalAttacker(*lm, cfg, memo).batch(convs + convs[:1])
+    assert len(memo) == 3 and first[3] == first[0]
+    assert LocalAttacker(*lm, cfg).batch(convs) == first[:3]
+    memo[next(iter(memo))] = "from the memo"  # proves the next call reads the memo instead of generating
+    again = LocalAttacker(*lm, cfg, memo).batch(convs[::-1])
+    assert again == [first[2], first[1], "from the memo"]
+
+
 def test_fractured_on_real_items(lm: tuple[Any, Any]) -> None:
     if not has_data("fractured_sorry_bench"):
         pytest.skip("no data directory with FRACTURED-SORRY-Bench")

@@ -149,34 +149,39 @@ def test_cpu_profile_shape_skips_what_it_sizes_out(tmp_path: Path, tiny_lm) -> N
     assert "mmlu" not in set(json.loads((report / "splits.json").read_text())["purposes"]["test"]["datasets"])
 
 
-def test_full_profile_composes_gated_capability_as_scoring_it_would(tmp_path: Path, tiny_lm) -> None:
-    """The full profile's shortcuts on the tiny model: a gated condition's capability composed from the baseline's
-    and its clamp's outcomes equals scoring it under the gate; the clamp value the dev choice did not pick is not
-    scored on test."""
+def test_full_profile_composes_gated_outcomes_as_generating_them_would(tmp_path: Path, tiny_lm) -> None:
+    """The full profile's shortcuts on the tiny model, with one gate as there: a gated condition's safety and
+    capability composed from the baseline's and its clamp's outcomes equal generating and scoring it under the
+    gate; the clamp value the dev choice did not pick is not scored on test; the gate variants still compose."""
     root = data_dir()
     if root is None:
         pytest.skip("no data directory")
-    shortcuts = {"evaluate.compose_capability": True, "evaluate.unchosen_clamps": False, "finetune.tokens": 0}
+    shortcuts = {"evaluate.compose_gated": True, "evaluate.unchosen": False, "finetune.tokens": 0}
     cfg = tiny_config(tmp_path / "run", str(root), **shortcuts, **{"evaluate.variant_attacks": False})
+    cfg.sweep.gate = "fitted"
     report = run_study(tiny_lm, cfg)
     out = Path(cfg.out_dir)
     from saesteer.report.results import ResultsTable
 
     composed = ResultsTable.load(next(out.glob("sweep-*/results.json")))
     choice = json.loads(next(out.glob("choice-*/choice.json")).read_text())
-    assert [r.condition for r in composed.by_metric("unsafe_refusal") if r.kind == "refusal_feature"] == [
-        choice["clamp"]
-    ]
-    assert "composed, not scored again" in (report / "report.md").read_text()
-    scored_cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, compose_capability=False))
-    run_study(tiny_lm, scored_cfg)  # the same stages up to the sweep, then the gated capability scored
+    steered = {r.condition for r in composed.by_metric("unsafe_refusal") if r.kind != "baseline"}
+    assert {c for c in steered if c.startswith(("clamp ", "conditional "))} == {choice["clamp"], choice["gate"]}
+    md = (report / "report.md").read_text()
+    assert "composed, not generated again" in md and "**Every gate variant on the test splits (composed)**" in md
+    variants = json.loads(next(out.glob("gate_variants-*/gate_variants.json")).read_text())["variants"]
+    assert not any("composition_check" in v for v in variants)  # nothing generated to check against
+    generated_cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, compose_gated=False))
+    run_study(tiny_lm, generated_cfg)  # the same stages up to the sweep, then the gated condition generated
     sweeps = sorted(out.glob("sweep-*/results.json"), key=lambda p: p.stat().st_mtime_ns)
-    scored = ResultsTable.load(sweeps[-1])
-    gated = next(c for c in composed.conditions() if c.startswith("conditional"))
-    metrics = ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval")
-    for m in metrics:
-        assert composed.items(gated, m) and composed.items(gated, m) == scored.items(gated, m), m
-        assert composed.get(gated, f"gate_firing:{m}").k == scored.get(gated, f"gate_firing:{m}").k  # type: ignore[union-attr]
+    generated = ResultsTable.load(sweeps[-1])
+    gated = choice["gate"]
+    for m in ("unsafe_refusal", "safe_refusal", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval"):
+        assert composed.items(gated, m) and composed.items(gated, m) == generated.items(gated, m), m
+        a, b = composed.get(gated, m), generated.get(gated, m)
+        assert a is not None and b is not None and (a.n, a.score) == (b.n, pytest.approx(b.score)), m
+        if m not in ("unsafe_refusal", "safe_refusal"):
+            assert composed.get(gated, f"gate_firing:{m}").k == generated.get(gated, f"gate_firing:{m}").k  # type: ignore[union-attr]
 
 
 def test_report_dir_with_user_files_is_refused_before_any_work(tmp_path: Path, tiny_lm) -> None:

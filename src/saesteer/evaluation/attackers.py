@@ -75,17 +75,28 @@ def parse_next_message(raw: str) -> tuple[str, bool]:
 
 @dataclass
 class LocalAttacker:
-    """A local chat model as the attacker (greedy by default); ``batch`` writes many attackers' turns at once."""
+    """A local chat model as the attacker (greedy by default); ``batch`` writes many attackers' turns at once.
+
+    ``memo`` (optional, shared by the caller): replies by conversation, so a conversation asked again -- each
+    attack's first turn, which no target answer has shaped yet, under every steering condition -- is not
+    generated again. Its ~2k-token system prompt makes each attacker turn cost as much as ~40 target turns."""
 
     model: Any
     tokenizer: Any
     gen_cfg: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=160))
+    memo: dict[str, str] | None = None
 
     def __call__(self, messages: list[Message]) -> str:
         return self.batch([messages])[0]
 
     def batch(self, convs: Sequence[list[Message]]) -> list[str]:
-        return generate(self.model, self.tokenizer, list(convs), self.gen_cfg, desc="attacker")
+        memo = self.memo if self.memo is not None else {}
+        keys = [json.dumps([self.gen_cfg.max_new_tokens, conv], sort_keys=True) for conv in convs]
+        todo = list(dict.fromkeys(k for k in keys if k not in memo))
+        if todo:
+            new = generate(self.model, self.tokenizer, [json.loads(k)[1] for k in todo], self.gen_cfg, desc="attacker")
+            memo.update(zip(todo, new, strict=True))
+        return [memo[k] for k in keys]
 
 
 @dataclass

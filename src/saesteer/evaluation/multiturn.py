@@ -313,9 +313,12 @@ def run_multiturn(
     judge: Judge | None = None,
     target_context: TargetContext | None = None,
     progress: bool = False,
+    attacker_memo: dict[str, str] | None = None,
 ) -> dict[str, MultiTurnResult]:
     """Both attacks as ``cfg`` says, each its own metric with its own n: FRACTURED on ``items`` (default ``cfg.n``
-    escalations), Crescendo on ``objectives`` (default ``cfg.crescendo_n`` HarmBench test behaviours)."""
+    escalations), Crescendo on ``objectives`` (default ``cfg.crescendo_n`` HarmBench test behaviours).
+    ``attacker_memo``: the local attacker's replies by conversation, kept by a caller that attacks several
+    steering conditions (see :class:`~saesteer.evaluation.attackers.LocalAttacker`)."""
     out: dict[str, MultiTurnResult] = {}
     ck = (lambda name: f"{cfg.checkpoint}.{name}.json") if cfg.checkpoint else (lambda name: None)
     if "fractured" in attacks:
@@ -338,6 +341,7 @@ def run_multiturn(
                 model,
                 tokenizer,
                 dataclasses.replace(gen_cfg, max_new_tokens=cfg.attacker_max_new_tokens, system_prompt=None),
+                attacker_memo,
             )
         out["crescendo"] = run_crescendo(
             model, tokenizer, gen_cfg, objs, attacker, judge, cfg.max_turns, cfg.max_backtracks, cfg.final_objective,

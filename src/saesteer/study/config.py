@@ -71,12 +71,12 @@ class EvaluateConfig:
     variant_attacks: bool = opt(
         True, "generate FRACTURED under every gate variant (gate_variants stage; off: the chosen gate's only)"
     )
-    compose_capability: bool = opt(
+    compose_gated: bool = opt(
         False,
-        "a gated condition's capability outcome per question is its ungated clamp's where the gate fires and the "
-        "baseline's where not, both already scored: compose them instead of scoring again (safety stays generated)",
+        "a gated condition's safety and capability outcome per item is its ungated clamp's where the gate fires and "
+        "the baseline's where not, both already measured: compose them instead of generating again",
     )
-    unchosen_clamps: bool = opt(True, "also score on test the refusal clamp values the dev choice did not pick")
+    unchosen: bool = opt(True, "also score on test the clamp values and gates the dev choice did not pick")
 
 
 @dataclass
@@ -279,33 +279,28 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evaluate.divergence_n": 64,
     },
 }
-# the full profile: the cpu profile's harvest and SAE (same stage keys, so its caches are reused) and
-# test sets at their full size; capability on the headline conditions only
+# the full profile: the cpu profile's stages up to the sweep (same inputs, so its caches serve) and test sets at
+# their full size; capability on the headline conditions only
 PROFILES["full"] = {
-    **PROFILES["cpu"],
-    "finetune.tokens": 16_384,
-    "features.control_tries": 16,  # at 8 the cpu run found no control within the bands
-    "features.control_band": 0.10,  # +/-3 of 32 dev prompts per side on the cheap score
-    "generation.batch_size": 32,
+    **PROFILES["cpu"],  # so every stage before the sweep has the cpu profile's inputs, and its caches serve
     "safety.n": None,
     "safety.alpaca_n": 300,
-    "sweep.gate": "fitted",  # the direction gate is one of the gate_variants stage's composed variants
     "evaluate.mmlu_per_subject": 10,
     "capability.batch_size": 16,
     "capability.mmlu_shots": 5,
     "capability.share_prefix": True,  # per-subject shots and the TruthfulQA primer run once: ~4x less prefill
-    "capability.truthfulqa_n": 200,
+    "capability.truthfulqa_n": 100,
     "capability.gsm8k_n": 150,
     "capability.gsm8k_shots": 0,  # chat, zero-shot: four shots would add ~800 prompt tokens per question
     "capability.gsm8k_max_new_tokens": 256,
     "multiturn.n": 60,
+    "multiturn.max_turns": 2,  # each attacker turn reads a ~2k-token system prompt: ~3 min per turn of 20 attacks
     "evaluate.crescendo_n": 20,
     "evaluate.capability_on": "headline",
-    "evaluate.compose_capability": True,
-    "evaluate.unchosen_clamps": False,
+    "evaluate.compose_gated": True,
+    "evaluate.unchosen": False,
     "evaluate.humaneval_n": 164,
     "evaluate.humaneval_max_new_tokens": 384,
-    "evaluate.divergence_n": 48,
 }
 
 

@@ -246,15 +246,15 @@ def best_clamp(grid: list[Condition], rates: dict[str, dict[str, float]]) -> str
     return max(clamps, key=lambda c: (rates[c.name]["objective"], -(c.value or 0.0))).name
 
 
-def test_grid(grid: list[Condition], choice: Choice, unchosen_clamps: bool = True) -> list[Condition]:
+def test_grid(grid: list[Condition], choice: Choice, unchosen: bool = True) -> list[Condition]:
     """The conditions scored on test: all but the gated clamps of values the dev choice did not pick (and, with
-    ``unchosen_clamps`` off, those clamps themselves)."""
-    picked = lambda c: c.name == choice.clamp  # noqa: E731
+    ``unchosen`` off, the clamp values and gates it did not pick)."""
+    kept = [c for c in grid if c.kind != "conditional" or c.unconditional == choice.clamp]
+    if unchosen:
+        return kept
     return [
-        c for c in grid
-        if (c.kind != "conditional" or c.unconditional == choice.clamp)
-        and (unchosen_clamps or c.kind != "refusal_feature" or picked(c))
-    ]  # fmt: skip
+        c for c in kept if c.name in (choice.clamp, choice.gate) or c.kind not in ("refusal_feature", "conditional")
+    ]
 
 
 def _load_choice(folder: Path) -> Choice:

@@ -44,7 +44,6 @@ from saesteer.study.prompts import StudyPrompts, digest
 from saesteer.study.sae_stages import TrainedSAE
 from saesteer.study.sweep_eval import SweepContext, _multiturn, compose, steering_from_context
 
-FITTED = " [fitted gate]"
 SAFETY = ("unsafe_refusal", "safe_refusal", "unseen_unsafe_refusal", "unseen_safe_refusal")
 
 
@@ -117,10 +116,11 @@ def stage_gate_variants(
 ) -> dict[str, Any] | None:  # fmt: skip
     """Refit the dev comparison's variants and compose each on the test items (see the module docstring)."""
     cfg = ctx.cfg
-    gated = next((c for c in table.conditions() if c.endswith(FITTED)), None)
-    clamp = next((c for c in grid if gated and c.name == gated.removeprefix("conditional ").removesuffix(FITTED)), None)
-    if gated is None or clamp is None:
+    fitted = next((c for c in grid if c.gate and c.gate["type"] == "fitted" and c.name in table.conditions()), None)
+    clamp = next((c for c in grid if fitted and c.name == fitted.unconditional), None)
+    if fitted is None or clamp is None:
         return None
+    gated = fitted.name
     metrics = [m for m in (*SAFETY, "humaneval") if table.items("baseline", m) and table.items(clamp.name, m)]
     outcomes = {m: (table.items("baseline", m) or {}, table.items(clamp.name, m) or {}) for m in metrics}
     if "unsafe_refusal" not in outcomes or "safe_refusal" not in outcomes:
@@ -147,8 +147,8 @@ def stage_gate_variants(
                    **variant_metrics(outcomes, fired)}  # fmt: skip
             chosen = r.spec.name == res.chosen.spec.name
             if chosen:
-                generated = {m: o for m, o in outcomes.items() if m in SAFETY or not cfg.evaluate.compose_capability}
-                row["composition_check"] = _check(table, gated, generated, fired)
+                if not cfg.evaluate.compose_gated:  # composed in the sweep too, the check would compare it to itself
+                    row["composition_check"] = _check(table, gated, outcomes, fired)
             if attacks and (chosen or cfg.evaluate.variant_attacks):  # the chosen variant's attacks ran in the sweep
                 won = table.items(gated, "fractured_asr") if chosen else _fractured(ctx, clamp, r.gate)
                 row["asr_drop"] = _diff(won or {}, attacks)  # baseline minus gated success

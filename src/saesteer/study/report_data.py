@@ -274,12 +274,12 @@ def write_study_report(
 
 
 def composed_note(cfg: StudyConfig) -> list[str]:
-    if not cfg.evaluate.compose_capability:
+    if not cfg.evaluate.compose_gated:
         return []
     return [
-        "Capability of a gated condition is composed, not scored again: per question, its ungated clamp's "
-        "outcome where the gate fires on the chat-formatted question and the baseline's where not (the gate "
-        "decides once per question either way). Its safety and multi-turn outcomes are generated."
+        "Safety and capability of a gated condition are composed, not generated again: per prompt or question, its "
+        "ungated clamp's outcome where the gate fires on the chat-formatted prompt and the baseline's where not "
+        "(the gate decides once per prompt either way). Its multi-turn attacks and KL are generated."
     ]
 
 

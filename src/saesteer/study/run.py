@@ -80,7 +80,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
         lm, cfg, trained.sae, direction, prompts, probe, root / "completions.jsonl", fitted.gate if fitted else None
     )
     choice = dev.stage_choice(runner, lm, cfg, prompts, grid, lambda c: steering_from_context(ctx, c))  # 9
-    scored = dev.test_grid(grid, choice, cfg.evaluate.unchosen_clamps)
+    scored = dev.test_grid(grid, choice, cfg.evaluate.unchosen)
     ctx.capability_data = cap.capability_data(cfg, prompts, real)  # 10
     ctx.humaneval = cap.humaneval_problems(cfg, prompts)
     ctx.divergence = base

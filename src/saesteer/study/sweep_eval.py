@@ -66,6 +66,7 @@ class SweepContext:
     log: Callable[[str], None] = print
     probe: ProjectionScorer | None = None  # the harm probe of a "probe" gate, fit at cfg.hook
     fitted: Gate | None = None  # the "fitted" gate: saesteer.gating's best variant, threshold set on dev
+    attacker_memo: dict[str, str] = dataclasses.field(default_factory=dict)  # Crescendo attacker replies, shared
 
 
 def gate_from_context(ctx: SweepContext, g: Mapping[str, Any]) -> Gate:
@@ -123,8 +124,8 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
     if any(not table.has(cond.name, m) for m in _safety_metrics(ctx)):
         _safety(ctx, cond, steering, table)
     gate = steering.gate if steering is not None else None
-    if cond.name in ctx.capability_conditions and gate is not None and _composable(ctx, cond):
-        _compose_capability(ctx, cond, gate, table)
+    if gate is not None and _composable(ctx, cond):
+        _compose_gated(ctx, cond, gate, table)
     if cond.name in ctx.capability_conditions:
         if any(not table.has(cond.name, m) for m in _capability_metrics(ctx)):
             _capability(ctx, cond, steering, table)
@@ -238,7 +239,7 @@ def compose(base: Mapping[str, float], clamp: Mapping[str, float], fired: Mappin
 
 
 def _composable(ctx: SweepContext, cond: Condition) -> bool:
-    return ctx.cfg.evaluate.compose_capability and cond.unconditional in ctx.capability_conditions
+    return ctx.cfg.evaluate.compose_gated and cond.unconditional in ctx.capability_conditions
 
 
 def _gate_questions(ctx: SweepContext) -> dict[str, dict[str, str]]:
@@ -253,36 +254,53 @@ def _gate_questions(ctx: SweepContext) -> dict[str, dict[str, str]]:
     return {m: {str(getattr(x, "id", None) or x.task_id): q for x, q in xs} for m, xs in asked.items() if xs}
 
 
-def _compose_capability(ctx: SweepContext, cond: Condition, gate: Gate, table: ResultsTable) -> None:
-    """A gated condition's capability cells from the baseline's and its ungated clamp's per-item outcomes.
+def _compose_gated(ctx: SweepContext, cond: Condition, gate: Gate, table: ResultsTable) -> None:
+    """A gated condition's safety and capability cells from the baseline's and its ungated clamp's per-item outcomes.
 
-    The gate decides once per question from the chat-formatted question (as ``score_gated`` does); a question it
-    fires on is scored under the ungated clamp, the others unsteered. Both are in the table already, so each
-    item's outcome is looked up, not scored again (the same up to batch-composition rounding: the gate_variants
-    stage checks this kind of composition against generated safety outcomes)."""
+    The gate decides once per prompt or question, from its chat form (as generation and ``score_gated`` do); an
+    item it fires on is generated or scored exactly as under the ungated clamp, the others as unsteered. Both are
+    in the table already, so each item's outcome is looked up, not computed again (the same up to batch-composition
+    rounding; a test checks it item for item). Multi-turn attacks and the KL measure are still generated: there the
+    gate decides per turn or per token."""
     t0 = time.time()
+    _firing(ctx, cond, gate, table)
+    fired_prompt = {
+        f"{name}/{pid}": v == 1.0
+        for name in ctx.prompts.test_sets()
+        for pid, v in (table.items(cond.name, f"gate_firing:{name}") or {}).items()
+    }
+    for metric in _safety_metrics(ctx):
+        _composed_row(table, cond, metric, fired_prompt, tuple(table.get("baseline", metric).datasets), t0)  # type: ignore[union-attr]
     for metric, questions in _gate_questions(ctx).items():
-        base, clamp = table.items("baseline", metric), table.items(str(cond.unconditional), metric)
-        if table.has(cond.name, metric) or base is None or clamp is None:
+        if table.has(cond.name, metric):
             continue
-        ids = list(questions)
+        t0, ids = time.time(), list(questions)
         scores = prompt_scores(
             ctx.model, ctx.tokenizer, [questions[i] for i in ids], gate, ctx.cfg.generation.batch_size
         )
         fired = dict(zip(ids, [bool(f) for f in gate.decide(scores).tolist()], strict=True))
-        items = compose(base, clamp, fired)
-        values = list(items.values())
-        if metric in ITEM_KEYS and ITEM_KEYS[metric] == "mc2_true_mass":  # a mean, not a rate
-            m, lo, hi = mean_ci(values) if len(values) > 1 else (values[0], -math.inf, math.inf)
-            row = cond.row(metric, n=len(values), score=m, ci_lo=max(0.0, lo), ci_hi=min(1.0, hi),
-                           datasets=(metric,), interval="t", seconds=time.time() - t0)  # fmt: skip
-        else:
-            row = cond.rate_row(metric, int(sum(values)), len(values), [metric], time.time() - t0)
-        table.add(row, replace=True, items=items)
-        firing = cond.rate_row(f"gate_firing:{metric}", sum(fired.values()), len(fired), [metric])
-        table.add(firing, replace=True)
-        t0 = time.time()
-    ctx.log(f"  {cond.name}: capability composed from baseline and {cond.unconditional} under the gate")
+        if _composed_row(table, cond, metric, fired, (metric,), t0):
+            table.add(cond.rate_row(f"gate_firing:{metric}", sum(fired.values()), len(fired), [metric]), replace=True)
+    ctx.log(f"  {cond.name}: safety and capability composed from baseline and {cond.unconditional} under the gate")
+
+
+def _composed_row(
+    table: ResultsTable, cond: Condition, metric: str, fired: Mapping[str, bool], datasets: Sequence[str], t0: float
+) -> bool:
+    """Add ``metric``'s composed row (False when the baseline or the clamp has no outcomes for it)."""
+    base, clamp = table.items("baseline", metric), table.items(str(cond.unconditional), metric)
+    if table.has(cond.name, metric) or not base or not clamp:
+        return False
+    items = compose(base, clamp, fired)
+    values = list(items.values())
+    if ITEM_KEYS.get(metric) == "mc2_true_mass":  # a mean, not a rate
+        m, lo, hi = mean_ci(values) if len(values) > 1 else (values[0], -math.inf, math.inf)
+        row = cond.row(metric, n=len(values), score=m, ci_lo=max(0.0, lo), ci_hi=min(1.0, hi), datasets=datasets,
+                       interval="t", seconds=time.time() - t0)  # fmt: skip
+    else:
+        row = cond.rate_row(metric, int(sum(values)), len(values), datasets, time.time() - t0)
+    table.add(row, replace=True, items=items)
+    return True
 
 
 def _divergence(ctx: SweepContext, cond: Condition, steering: Steering, table: ResultsTable) -> None:
@@ -318,8 +336,9 @@ def _multiturn(ctx: SweepContext, cond: Condition, steering: Steering | None, ta
         mcfg = dataclasses.replace(cfg.multiturn, n=sizes[attack], seed=cfg.seed, data_dir=cfg.data_dir)
         t0 = time.time()
         res = run_multiturn(
-            ctx.model, ctx.tokenizer, gen, mcfg, attacks=(attack,), target_context=target, progress=True
-        )[attack]
+            ctx.model, ctx.tokenizer, gen, mcfg, attacks=(attack,), target_context=target, progress=True,
+            attacker_memo=ctx.attacker_memo,
+        )[attack]  # fmt: skip
         items = {str(r.get("id", r.get("objective", i))): float(r["success"]) for i, r in enumerate(res.records)}
         row = cond.rate_row(metric, res.successes, res.n, [attack], time.time() - t0)
         table.add(row, replace=True, items=items)
