@@ -175,6 +175,8 @@ def test_full_profile_composes_gated_outcomes_as_generating_them_would(tmp_path:
     run_study(tiny_lm, generated_cfg)  # the same stages up to the sweep, then the gated condition generated
     sweeps = sorted(out.glob("sweep-*/results.json"), key=lambda p: p.stat().st_mtime_ns)
     generated = ResultsTable.load(sweeps[-1])
+    lines = [len(p.with_name("completions.jsonl").read_text().splitlines()) for p in sweeps]
+    assert lines[0] < lines[-1]  # the composed sweep generated no safety completions for the gated condition
     gated = choice["gate"]
     for m in ("unsafe_refusal", "safe_refusal", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval"):
         assert composed.items(gated, m) and composed.items(gated, m) == generated.items(gated, m), m

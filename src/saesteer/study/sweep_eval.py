@@ -121,11 +121,11 @@ def steered(ctx: SweepContext, steering: Steering | None) -> Iterator[None]:
 def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) -> None:
     """Measure every missing metric of ``cond`` and append the rows (with per-item outcomes) to ``table``."""
     steering = steering_from_context(ctx, cond)
+    gate = steering.gate if steering is not None else None
+    if gate is not None and _composable(ctx, cond):  # first, so nothing it composes is generated
+        _compose_gated(ctx, cond, gate, table)
     if any(not table.has(cond.name, m) for m in _safety_metrics(ctx)):
         _safety(ctx, cond, steering, table)
-    gate = steering.gate if steering is not None else None
-    if gate is not None and _composable(ctx, cond):
-        _compose_gated(ctx, cond, gate, table)
     if cond.name in ctx.capability_conditions:
         if any(not table.has(cond.name, m) for m in _capability_metrics(ctx)):
             _capability(ctx, cond, steering, table)
