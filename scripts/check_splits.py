@@ -1,8 +1,8 @@
 """Check a study report's splits.json on its own: no prompt used for a dev purpose is a test prompt.
 
 Reads only the JSON (standard library, no saesteer import), so it checks the record rather than the code that
-wrote it. For every pair (dev purpose, test) it intersects the sha256 sets of the normalised prompt texts,
-checks each purpose's hash count against the sum of its per-dataset counts, and exits 1 on any overlap.
+wrote it. For every pair (dev purpose, test) it intersects the sha256 sets of the normalised prompt texts and
+exits 1 on any overlap; where a purpose's per-dataset counts sum to more than its distinct hashes, it says so.
 
     python scripts/check_splits.py docs/reproduce/splits.json [more splits.json ...]
 """
