@@ -269,3 +269,13 @@ def test_endpoint_attacker_retries_then_fails_clearly(server: str) -> None:
         EndpointAttacker("m", server, backoff_s=0.0)([{"role": "user", "content": "hi"}])
     with pytest.raises(SaesteerError, match="MODEL@"):
         endpoint_attacker("no-url-here")
+
+
+def test_attacker_stops_at_its_stop_strings(lm: tuple[Any, Any]) -> None:
+    """A reply ends at the first stop string: a prefix of the unstopped reply that still holds the stop string."""
+    cfg = GenerationConfig(max_new_tokens=16)
+    conv = [[{"role": "user", "content": "Reply with a JSON object with the keys next_message and rationale."}]]
+    free = LocalAttacker(*lm, cfg, stop_strings=()).batch(conv)[0]
+    stop = free.split()[len(free.split()) // 3]
+    stopped = LocalAttacker(*lm, cfg, stop_strings=(stop,)).batch(conv)[0]
+    assert stop in stopped and free.startswith(stopped) and len(stopped) < len(free)

@@ -59,3 +59,31 @@ def test_every_owned_field_exists() -> None:
     for dotted in STUDY_OWNED:
         section, name = dotted.split(".")
         assert name in {f.name for f in dataclasses.fields(getattr(cfg, section))}, dotted
+
+
+def test_skips_leave_kinds_out_of_capability_and_crescendo() -> None:
+    from saesteer.study.design import SweepConfig, build_grid
+    from saesteer.study.dev_stages import Choice
+    from saesteer.study.sweep_eval import _multiturn_metrics
+    from saesteer.study.sweep_stage import capability_conditions
+
+    grid = build_grid(SweepConfig(clamp_values=[4.0, 8.0], gate="direction"), [1234], [77])
+    choice = Choice(clamp="clamp f=1234 c=8", gate="conditional clamp f=1234 c=8", dev={})
+    cfg = StudyConfig.from_profile("full")
+    everything = capability_conditions(cfg, grid, choice)
+    assert everything == {
+        "baseline", "clamp f=1234 c=8", "conditional clamp f=1234 c=8", "control f=77 c=4", "control f=77 c=8",
+        "diff-in-means add 1",
+    }  # fmt: skip
+    cfg = StudyConfig.from_profile("full", {"evaluate.capability_skip": ["direction", "control"]})
+    assert capability_conditions(cfg, grid, choice) == everything - {
+        "control f=77 c=4",
+        "control f=77 c=8",
+        "diff-in-means add 1",
+    }
+    cfg = StudyConfig.from_profile("full", {"evaluate.crescendo_skip": ["conditional"]})
+    by = {c.name: c for c in grid}
+    assert _multiturn_metrics(cfg, by["baseline"]) == ("fractured_asr", "crescendo_asr")
+    assert _multiturn_metrics(cfg, by["conditional clamp f=1234 c=8"]) == ("fractured_asr",)
+    with pytest.raises(SaesteerError, match="unknown condition kind 'gated'; use baseline"):
+        StudyConfig.from_profile("full", {"evaluate.crescendo_skip": ["gated"]})

@@ -79,22 +79,30 @@ class LocalAttacker:
 
     ``memo`` (optional, shared by the caller): replies by conversation, so a conversation asked again -- each
     attack's first turn, which no target answer has shaped yet, under every steering condition -- is not
-    generated again. Its ~2k-token system prompt makes each attacker turn cost as much as ~40 target turns."""
+    generated again. Its ~2k-token system prompt makes each attacker turn cost as much as ~40 target turns.
+
+    ``stop_strings`` end a reply once it names a key the template lists after ``next_message``: only the
+    question is read, and the summary and rationale the template also asks for were most of each reply's tokens."""
 
     model: Any
     tokenizer: Any
     gen_cfg: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=160))
     memo: dict[str, str] | None = None
+    stop_strings: tuple[str, ...] = ('"last_response_summary"', '"rationale"')
 
     def __call__(self, messages: list[Message]) -> str:
         return self.batch([messages])[0]
 
     def batch(self, convs: Sequence[list[Message]]) -> list[str]:
         memo = self.memo if self.memo is not None else {}
-        keys = [json.dumps([self.gen_cfg.max_new_tokens, conv], sort_keys=True) for conv in convs]
+        setup = [self.gen_cfg.max_new_tokens, list(self.stop_strings)]
+        keys = [json.dumps([setup, conv], sort_keys=True) for conv in convs]
         todo = list(dict.fromkeys(k for k in keys if k not in memo))
         if todo:
-            new = generate(self.model, self.tokenizer, [json.loads(k)[1] for k in todo], self.gen_cfg, desc="attacker")
+            chats = [json.loads(k)[1] for k in todo]
+            new = generate(
+                self.model, self.tokenizer, chats, self.gen_cfg, desc="attacker", stop_strings=self.stop_strings
+            )
             memo.update(zip(todo, new, strict=True))
         return [memo[k] for k in keys]
 

@@ -215,8 +215,10 @@ def generate(
     cfg: GenerationConfig | None = None,
     progress: bool = False,
     desc: str = "generate",
+    stop_strings: Sequence[str] = (),
 ) -> list[str]:
-    """Completions for many conversations, in the caller's order, batched by length.
+    """Completions for many conversations, in the caller's order, batched by length; a row also ends once its
+    text contains one of ``stop_strings`` (the text keeps the token that completed it).
 
     Batch row ``r`` of conversations ``idx`` runs inside ``example_rows(idx)``, so a steering value
     with one row per conversation reaches the right prompt whatever the batching.
@@ -240,7 +242,7 @@ def generate(
         idx = order[start : start + cfg.batch_size]
         enc = left_pad([tokens[i] for i in idx], pad_id)
         with example_rows(idx):
-            new = decode_batch(model, tokenizer, enc, cfg)
+            new = decode_batch(model, tokenizer, enc, cfg, stop_strings)
         for i, row in zip(idx, new, strict=True):
             results[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         bar.update(len(idx))

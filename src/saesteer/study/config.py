@@ -27,6 +27,7 @@ from saesteer.evaluation.multiturn import MultiTurnConfig
 from saesteer.evaluation.safety import SafetyConfig
 from saesteer.features.config import FindFeaturesConfig
 from saesteer.model.generation import GenerationConfig
+from saesteer.report.results import KINDS
 from saesteer.sae.finetune import FinetuneConfig
 from saesteer.sae.train import TrainConfig
 from saesteer.study.design import SweepConfig
@@ -62,6 +63,10 @@ class EvaluateConfig:
         "conditions the capability benchmarks run on: headline (baseline, dev-chosen clamp, control, best gate, "
         "direction) or all",
     )
+    capability_skip: list[str] = opt(
+        [], "condition kinds left out of the capability benchmarks (e.g. direction; the KL / CE measure still runs)"
+    )
+    crescendo_skip: list[str] = opt([], "condition kinds Crescendo does not attack (e.g. conditional direction)")
     examples: int = opt(3, "example completions per condition shown side by side in the report")
     mmlu_per_subject: int = opt(0, "MMLU test questions per subject (0: capability.mmlu_n over all subjects)")
     humaneval_n: int = opt(20, "HumanEval problems (pass@1, greedy; 0 = skip)")
@@ -131,6 +136,10 @@ class StudyConfig:
             raise SaesteerError("seeds > 1 retrains the SAE; drop --sae (reuse a harvest with --acts instead)")
         if self.evaluate.capability_on not in ("headline", "all"):
             raise SaesteerError(f"evaluate.capability_on={self.evaluate.capability_on!r}; use headline or all")
+        for name in ("capability_skip", "crescendo_skip"):
+            bad = [k for k in getattr(self.evaluate, name) if k not in KINDS]
+            if bad:
+                raise SaesteerError(f"evaluate.{name}: unknown condition kind {bad[0]!r}; use {', '.join(KINDS)}")
         for dotted, top in STUDY_OWNED.items():
             section, name = dotted.split(".")
             sub = getattr(self, section)

@@ -136,7 +136,7 @@ def evaluate_condition(ctx: SweepContext, cond: Condition, table: ResultsTable) 
     if ctx.safety_only:
         return
     if has_data("fractured_sorry_bench", ctx.cfg.data_dir) and any(
-        not table.has(cond.name, m) for m in _multiturn_metrics(ctx.cfg)
+        not table.has(cond.name, m) for m in _multiturn_metrics(ctx.cfg, cond)
     ):
         _multiturn(ctx, cond, steering, table)
     if steering is not None and steering.gate is not None:
@@ -320,8 +320,10 @@ def _divergence(ctx: SweepContext, cond: Condition, steering: Steering, table: R
     ctx.log(f"  KL {r.kl:.4f} nats/token, CE increase {r.delta_ce:+.4f} (n={r.n})")
 
 
-def _multiturn_metrics(cfg: StudyConfig) -> tuple[str, ...]:
-    return MULTITURN_METRICS if cfg.evaluate.crescendo_n > 0 else MULTITURN_METRICS[:1]
+def _multiturn_metrics(cfg: StudyConfig, cond: Condition | None = None) -> tuple[str, ...]:
+    """The attacks' metrics; for ``cond``, without Crescendo where its kind is in ``evaluate.crescendo_skip``."""
+    skipped = cond is not None and cond.kind in cfg.evaluate.crescendo_skip
+    return MULTITURN_METRICS if cfg.evaluate.crescendo_n > 0 and not skipped else MULTITURN_METRICS[:1]
 
 
 def _multiturn(ctx: SweepContext, cond: Condition, steering: Steering | None, table: ResultsTable) -> None:
@@ -329,7 +331,7 @@ def _multiturn(ctx: SweepContext, cond: Condition, steering: Steering | None, ta
     gen = GenerationConfig(max_new_tokens=cfg.evaluate.multiturn_max_new_tokens, batch_size=cfg.generation.batch_size)
     target = (lambda: steering.apply(ctx.model)) if steering is not None else None
     sizes = {"fractured": cfg.multiturn.n, "crescendo": cfg.evaluate.crescendo_n}
-    for attack in ("fractured", "crescendo")[: len(_multiturn_metrics(cfg))]:
+    for attack in ("fractured", "crescendo")[: len(_multiturn_metrics(cfg, cond))]:
         metric = f"{attack}_asr"
         if table.has(cond.name, metric):
             continue

@@ -78,11 +78,13 @@ def sweep_context(
 
 def capability_conditions(cfg: StudyConfig, grid: list[Condition], choice: dev.Choice) -> set[str]:
     """The conditions the capability benchmarks run on: all, or baseline, the dev-chosen clamp and gate, the
-    control and the direction."""
+    control and the direction; less the kinds ``evaluate.capability_skip`` names."""
+    skip = set(cfg.evaluate.capability_skip)
     if cfg.evaluate.capability_on == "all":
-        return {c.name for c in grid}
+        return {c.name for c in grid if c.kind not in skip}
     keep = {"baseline", choice.clamp, *([choice.gate] if choice.gate else [])}
-    return keep | {c.name for c in grid if c.kind in ("control", "direction")}
+    keep |= {c.name for c in grid if c.kind in ("control", "direction")}
+    return {c.name for c in grid if c.name in keep and c.kind not in skip}
 
 
 def stage_sweep(
