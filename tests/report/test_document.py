@@ -75,6 +75,19 @@ def test_findings_state_each_claim_with_its_interval() -> None:
         assert banned not in text
 
 
+def test_findings_cover_the_gate_and_direction_on_attacks_and_say_when_no_control_ran() -> None:
+    claims = _claims(_data())
+    attack = next(c for c in claims if c.startswith("Multi-turn"))
+    for cond in ("clamp f=10 c=8", "conditional clamp f=10 c=8", "diff-in-means add 1"):
+        assert f"drop under {cond}:" in attack
+    direction = next(c for c in claims if c.startswith("Direction baseline"))
+    assert "MMLU accuracy loss" in direction and "GSM8K" in direction
+    assert not any(c.startswith("No control feature") for c in claims)
+    table, conds = make_table(paired=True)
+    without = findings(table, [d for d in derive(table, conds) if d.kind != "control"], HEAD)
+    assert any(c.startswith("No control feature was measured") for c in without)
+
+
 def test_a_benchmark_at_chance_cannot_show_a_loss() -> None:
     text = " ".join(_claims(_data({"baseline": {"mmlu": 27}})))
     assert (
@@ -84,11 +97,11 @@ def test_a_benchmark_at_chance_cannot_show_a_loss() -> None:
 
 
 def test_gate_goal_is_judged_on_intervals() -> None:
-    gate = next(c for c in _claims(_data()) if c.startswith("Gated clamp"))
+    gate = next(c for c in _claims(_data()) if c.startswith("Conditional steering"))
     assert "kept" in gate and "%" in gate
     assert any(s in gate for s in ("goal is met", "goal is missed", "not resolved at this n"))
     bad = next(
-        c for c in _claims(_data({"conditional clamp f=10 c=8": {"unsafe_refusal": 130}})) if c.startswith("Gated")
+        c for c in _claims(_data({"conditional clamp f=10 c=8": {"unsafe_refusal": 130}})) if c.startswith("Conditional steering")
     )
     assert "goal is missed" in bad
 

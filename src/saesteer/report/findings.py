@@ -154,6 +154,9 @@ def _control(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
         parts = [claim("unsafe-refusal change", d.safety_gain, table, "unsafe_refusal", d.condition)]
         parts += capability_claims(table, d)
         out.append(f"Control {d.condition}: " + "; ".join(parts) + f". (Paper: {PAPER.control}.)")
+    if not out:  # the paper's control comparison can't be made; say so rather than stay silent
+        out.append(f"No control feature was measured, so the paper's control comparison ({PAPER.control}) is not "
+                   "made here; the setup's feature table says why.")  # fmt: skip
     return out
 
 
@@ -172,7 +175,7 @@ def _gate(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[
         else:
             verdict = " Whether the goal is met is not resolved at this n (an interval straddles its bound)."
     return [
-        f"Gated clamp {d.condition} ({goal}): kept {fmt_share(kept)} of the clamp's gain; "
+        f"Conditional steering, {d.condition} ({goal}): kept {fmt_share(kept)} of the clamp's gain; "
         + claim("unsafe-refusal gain", d.safety_gain, table, "unsafe_refusal", d.condition)
         + "; "
         + claim("over-refusal", d.over_refusal_diff, table, "safe_refusal", d.condition)
@@ -187,6 +190,7 @@ def _direction(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
         + claim("unsafe-refusal gain", d.safety_gain, table, "unsafe_refusal", d.condition)
         + "; "
         + claim("over-refusal", d.over_refusal_diff, table, "safe_refusal", d.condition)
+        + "".join("; " + c for c in capability_claims(table, d))
         + "."
         for d in derived
         if d.kind == "direction"
@@ -194,19 +198,18 @@ def _direction(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
 
 
 def _multiturn(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[str]:
-    d = _by_name(derived).get(h.clamp or "")
-    if d is None:
-        return []
+    """Per attack: the baseline's success rate and its drop under the headline clamp, gate and direction."""
+    by = _by_name(derived)
+    shown = [by[c] for c in (h.clamp, h.gate) if c in by] + [d for d in derived if d.kind == "direction"]
     out = []
-    for metric, drop in d.asr_drops.items():
+    for metric in dict.fromkeys(m for d in shown for m in d.asr_drops):
         base = table.get("baseline", metric)
+        if base is None:
+            continue
+        drops = [claim(f"drop under {d.condition}", d.asr_drops[metric], table, metric, d.condition)
+                 for d in shown if metric in d.asr_drops]  # fmt: skip
         label = METRIC_LABELS.get(metric, metric)
-        if base is not None:
-            out.append(
-                f"{label}: baseline {100 * base.score:.1f}% (n={base.n}); "
-                + claim(f"drop under {d.condition}", drop, table, metric, d.condition)
-                + "."
-            )
+        out.append(f"{label}: baseline {100 * base.score:.1f}% (n={base.n}); " + "; ".join(drops) + ".")
     return out
 
 
