@@ -101,7 +101,9 @@ def test_gate_goal_is_judged_on_intervals() -> None:
     assert "kept" in gate and "%" in gate
     assert any(s in gate for s in ("goal is met", "goal is missed", "not resolved at this n"))
     bad = next(
-        c for c in _claims(_data({"conditional clamp f=10 c=8": {"unsafe_refusal": 130}})) if c.startswith("Conditional steering")
+        c
+        for c in _claims(_data({"conditional clamp f=10 c=8": {"unsafe_refusal": 130}}))
+        if c.startswith("Conditional steering")
     )
     assert "goal is missed" in bad
 
