@@ -200,7 +200,9 @@ def _direction(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
 def _multiturn(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[str]:
     """Per attack: the baseline's success rate and its drop under the headline clamp, gate and direction."""
     by = _by_name(derived)
-    shown = [by[c] for c in (h.clamp, h.gate) if c in by] + [d for d in derived if d.kind == "direction"]
+    shown = [by[c] for c in (h.clamp, h.gate) if c is not None and c in by] + [
+        d for d in derived if d.kind == "direction"
+    ]
     out = []
     for metric in dict.fromkeys(m for d in shown for m in d.asr_drops):
         base = table.get("baseline", metric)
