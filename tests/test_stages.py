@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,24 @@ def test_a_code_change_is_a_new_stage_key(tmp_path: Path, monkeypatch: pytest.Mo
     _run(runner, calls, {"a": 1}, code=("sub",))
     assert len(calls) == 2 and calls[0] != calls[1]
     code_version.cache_clear()
+
+
+def test_a_resumed_stage_counts_the_time_its_interrupted_run_kept(tmp_path: Path) -> None:
+    runner = StageRunner(tmp_path, log=lambda _m: None)
+
+    def interrupted(folder: Path) -> str:
+        (folder / "part.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("s", {"a": 1}, interrupted, lambda f: f.name)
+    folder = runner.folders["s"]
+    started = json.loads((folder / stages.ATTEMPTS).read_text())["started"]
+    os.utime(folder / "part.txt", (started + 100.0, started + 100.0))  # the lost run worked 100 s
+    runner.run("s", {"a": 1}, lambda f: f.name, lambda f: f.name)
+    marker = json.loads((folder / stages.DONE).read_text())
+    assert marker["earlier_seconds"] == pytest.approx(100.0, abs=1.0)
+    assert runner.times["s"] >= 100.0 and marker["seconds"] == runner.times["s"]
+    fresh = StageRunner(tmp_path / "other", log=lambda _m: None)
+    fresh.run("s", {"a": 1}, lambda f: f.name, lambda f: f.name)
+    assert json.loads((fresh.folders["s"] / stages.DONE).read_text())["earlier_seconds"] == 0.0

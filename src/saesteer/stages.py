@@ -5,6 +5,9 @@ everything that determines its output (its config, the identity of upstream stag
 subpackages that compute it. Change either and the stage gets a new folder; a stale result is never reused.
 A stage is finished when its folder holds ``stage.json``; unfinished folders are passed back to the stage,
 which resumes its own partial work (harvest shards, training checkpoints, finished sweep cells).
+A stage's recorded time counts the work an interrupted run left in its folder: ``attempts.json`` holds when the
+current run started and the seconds kept from earlier runs, each earlier run counted from its start to the last
+file it wrote (the time after that was lost with it).
 
 Under ``torchrun`` (an initialised process group of ``world`` processes) a stage runs one of two ways:
 
@@ -35,6 +38,7 @@ from saesteer.config import atomic_write_json
 T = TypeVar("T")
 B = TypeVar("B")
 DONE = "stage.json"
+ATTEMPTS = "attempts.json"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
@@ -122,6 +126,17 @@ def _wait_for(marker: Path) -> None:
     dist.barrier()
 
 
+def _start_attempt(folder: Path) -> float:
+    """Record this run's start in ``folder``; return the seconds earlier runs spent on the work kept there."""
+    path, kept = folder / ATTEMPTS, 0.0
+    if path.is_file():
+        prev = json.loads(path.read_text())
+        written = [f.stat().st_mtime for f in folder.iterdir() if f.name not in (ATTEMPTS, "inputs.json")]
+        kept = float(prev.get("kept", 0.0)) + max(0.0, max(written, default=0.0) - float(prev["started"]))
+    atomic_write_json(path, {"started": time.time(), "kept": kept})
+    return kept
+
+
 @functools.cache
 def code_version(packages: tuple[str, ...] = ("",)) -> str:
     """Hash of the Python sources of saesteer subpackages (``"activations"``, ``"sae"``; ``""``: all of it)."""
@@ -180,16 +195,18 @@ class StageRunner:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(folder / "inputs.json", {"inputs": inputs, "code": code_version(tuple(code))})
             self.log(f"[{name}] running in {folder}" + (f" on {world} processes" if collective and world > 1 else ""))
+        earlier = _start_attempt(folder) if rank == 0 else 0.0
         if world > 1 and collective:
             dist.barrier()  # the folder exists before any rank writes into it
         t0 = time.time()
         with _mode("collective" if collective and world > 1 else "solo" if world > 1 else ""):
             result = fn(folder)
         seconds = time.time() - t0
-        self.times[name] = seconds
+        self.times[name] = seconds + earlier
         if rank == 0:
-            atomic_write_json(marker, {"name": name, "seconds": self.times[name], "finished": time.time()})
-            self.log(f"[{name}] done in {seconds:.0f} s")
+            atomic_write_json(marker, {"name": name, "seconds": self.times[name], "earlier_seconds": earlier,
+                                       "finished": time.time()})  # fmt: skip
+            self.log(f"[{name}] done in {seconds:.0f} s" + (f" (+{earlier:.0f} s before a resume)" if earlier else ""))
         if world > 1:
             dist.barrier()
         return result
