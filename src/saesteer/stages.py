@@ -39,6 +39,7 @@ T = TypeVar("T")
 B = TypeVar("B")
 DONE = "stage.json"
 ATTEMPTS = "attempts.json"
+INPUTS = "inputs.json"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
@@ -131,7 +132,7 @@ def _start_attempt(folder: Path) -> float:
     path, kept = folder / ATTEMPTS, 0.0
     if path.is_file():
         prev = json.loads(path.read_text())
-        written = [f.stat().st_mtime for f in folder.iterdir() if f.name not in (ATTEMPTS, "inputs.json")]
+        written = [f.stat().st_mtime for f in folder.iterdir() if f.name not in (ATTEMPTS, INPUTS)]
         kept = float(prev.get("kept", 0.0)) + max(0.0, max(written, default=0.0) - float(prev["started"]))
     atomic_write_json(path, {"started": time.time(), "kept": kept})
     return kept
@@ -193,7 +194,7 @@ class StageRunner:
             return load(folder)
         if rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(folder / "inputs.json", {"inputs": inputs, "code": code_version(tuple(code))})
+            atomic_write_json(folder / INPUTS, {"inputs": inputs, "code": code_version(tuple(code))})
             self.log(f"[{name}] running in {folder}" + (f" on {world} processes" if collective and world > 1 else ""))
         earlier = _start_attempt(folder) if rank == 0 else 0.0
         if world > 1 and collective:
