@@ -111,3 +111,48 @@ def test_per_example_values_follow_their_prompts(chat_model, chat_tokenizer, fas
             swapped += generate(chat_model, chat_tokenizer, [p], GenerationConfig(max_new_tokens=6, fast=fast))
     assert swapped != alone  # the values matter: a misassignment would show
     assert together == alone
+
+
+def test_dropping_finished_rows_keeps_each_rows_tokens_gate_and_values(model, batch):  # type: ignore[no-untyped-def]
+    """The fast path drops rows that ended from its batch: every row's tokens equal the full batch's, with a gate
+    decided on the prompt pass and per-example clamp values still following their rows."""
+    from saesteer.steering.gate import Gate, ProjectionScorer
+
+    sae = tiny_sae("topk", LAYER)
+    probe = Gate(
+        ProjectionScorer(torch.randn(64, generator=torch.Generator().manual_seed(4))),
+        0.0,
+        "blocks.1.hook_resid_post",
+        "mean",
+    )
+    s = probe.scores(
+        ArchAdapter(model).run_to(probe.hook, batch["input_ids"], batch["attention_mask"]),
+        batch["attention_mask"].bool(),
+    )
+    gate = probe.with_threshold(float(s[1:].mean()))  # row 1, which ends first, and row 2 decide differently
+    steer = Steering(model, sae, [ClampFeature(FEAT, torch.tensor([15.0, -9.0, 30.0]))], gate=gate)
+    sizes: list[int] = []
+    seen = model.register_forward_pre_hook(
+        lambda _m, a, kw: sizes.append(int(kw["input_ids"].shape[0])), with_kwargs=True
+    )
+
+    def run(shrink: bool, eos: list[int]) -> torch.Tensor:
+        sizes.clear()
+        with steer.apply():
+            return decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, eos_ids=eos,
+                          pad_id=0, shrink=shrink)  # fmt: skip
+
+    try:
+        free = run(False, [])
+        eos = [int(free[1, 1])]  # row 1 ends at step 2 (or earlier), the others later or never
+        full = run(False, eos)
+        assert sizes == [3] * len(sizes)
+        dropped = run(True, eos)
+        assert min(sizes) < 3  # rows did leave the batch
+    finally:
+        seen.remove()
+    assert torch.equal(dropped, full)
+    assert full.shape[1] > 2 and bool((full[1, 2:] == 0).all())  # row 1 ended at step 2, the batch went on
+    with Steering(model, sae, [ClampFeature(FEAT, torch.tensor([15.0, -9.0, 30.0]))]).apply():
+        ungated = decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, eos_ids=eos, pad_id=0)
+    assert not torch.equal(ungated, dropped)  # the gate's decision matters, so a misindexed one would show

@@ -79,6 +79,11 @@ class CapabilityConfig:
     humaneval_n: int | None = opt(None, "HumanEval problems (None: all 164), when humaneval is among the benchmarks")
     humaneval_max_new_tokens: int = opt(512, "HumanEval tokens generated per answer")
     batch_size: int = opt(8, "sequences per forward pass or generate batch")
+    generate_batch_size: int | None = opt(
+        None,
+        "GSM8K and HumanEval answers generated per batch (None: batch_size); long, uneven answers gain from more, "
+        "since rows that ended leave the batch (bench/drop_finished.py)",
+    )
     max_length: int = opt(
         2048,
         "longest prompt in tokens (capped by the model's context); longer prompts drop "
@@ -287,6 +292,7 @@ def run_capability(
     cfg = cfg or CapabilityConfig()
     d = data if data is not None else load_capability_data(cfg, benchmarks)
     bs, ml = cfg.batch_size, cfg.max_length
+    gbs = cfg.generate_batch_size or bs
 
     def mmlu(qs: Sequence[MCQuestion]) -> dict[str, BenchmarkResult]:
         return {
@@ -305,7 +311,7 @@ def run_capability(
             d.gsm8k_shots,
             cfg.gsm8k_chat,
             cfg.gsm8k_max_new_tokens,
-            bs,
+            gbs,
             ml,
             system_prompt,
             progress,
@@ -313,7 +319,7 @@ def run_capability(
         return {"gsm8k": r}
 
     def humaneval(ps: Sequence[HumanEvalProblem]) -> dict[str, BenchmarkResult]:
-        return {"humaneval": score_humaneval(model, tokenizer, ps, cfg.humaneval_max_new_tokens, bs)}
+        return {"humaneval": score_humaneval(model, tokenizer, ps, cfg.humaneval_max_new_tokens, gbs)}
 
     jobs: list[tuple[Sequence[Any], Callable[[Any], str], Callable[[Any], dict[str, BenchmarkResult]]]] = []
     if "mmlu" in benchmarks:

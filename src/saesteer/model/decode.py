@@ -12,8 +12,14 @@ Token choice per step, on float32 logits:
 * sampling: ``softmax(logits / T)`` restricted by top-k (the model's generation config) and top-p
   (``transformers``' own warpers), drawn with ``torch.multinomial`` from the global RNG.
 
-Rows that emitted EOS continue with the pad token (masked in nothing, like ``generate``), so the
-batch keeps its shape; the loop ends when every row is finished or after ``max_new_tokens``.
+Rows that emitted EOS (or that ``finished`` reports ended, e.g. at a stop string) get the pad token
+from then on; the loop ends when every row is finished or after ``max_new_tokens``. Under greedy
+decoding finished rows leave the batch (``shrink``): their KV-cache rows, mask and positions are
+dropped, so each later step costs what the rows still running cost -- a batch waits on its longest
+reply, and a step is compute-bound at the batch sizes used here. Later steps run inside
+:func:`saesteer.model.rows.live_rows`, so steering keeps each row's own settings and gate decision.
+A row's tokens are the same as in the full batch up to floating-point rounding of the smaller matmuls.
+(Sampling keeps every row, so the random draws match ``generate``'s.)
 On a bf16 CPU model the linear layers multiply with prepacked oneDNN weights
 (:mod:`saesteer.model.packed`): same results bit for bit, less time per step.
 A model whose generation config asks for logits processing this loop does not implement
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 
 from saesteer.model.packed import packed_linears
+from saesteer.model.rows import live_rows
 
 # generation-config fields this loop does not implement, with their neutral values
 _UNSUPPORTED = {
@@ -90,11 +97,14 @@ def decode(
     min_new_tokens: int = 0,
     pack: bool = True,
     on_step: Callable[[torch.Tensor], bool] | None = None,
+    finished: Callable[[], Sequence[bool]] | None = None,
+    shrink: bool = True,
 ) -> torch.Tensor:
     """New tokens ``(batch, n <= max_new_tokens)`` for a left-padded batch (pad after EOS).
 
     ``on_step(tokens)`` (optional) sees each step's tokens ``(batch,)`` as they are chosen (streaming); when it
-    returns True the loop stops there (cancelled).
+    returns True the loop stops there (cancelled). ``finished()`` (optional): which rows the caller has ended
+    after that step (e.g. at a stop string). ``shrink``: drop finished rows from the batch (greedy only).
     """
     from transformers import DynamicCache
 
@@ -106,7 +116,9 @@ def decode(
     pos = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
     eos = torch.tensor(list(eos_ids), device=dev, dtype=torch.long)
     procs = _sampler(model, temperature, top_p) if do_sample else None
-    unfinished = torch.ones(batch, dtype=torch.bool, device=dev)
+    shrink = shrink and not do_sample
+    live = torch.arange(batch, device=dev)  # the prompt-pass rows still in the batch
+    unfinished = torch.ones(batch, dtype=torch.bool, device=dev)  # over the rows in the batch
     out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     ids = input_ids
     kw: dict[str, Any] = {cache_key: cache, "use_cache": True}
@@ -115,7 +127,9 @@ def decode(
     n = 0
     with packed_linears(model) if pack else contextlib.nullcontext():
         for step in range(max_new_tokens):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
+            rows = live_rows(live.tolist()) if live.numel() < batch else contextlib.nullcontext()
+            with rows:
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
             if step < min_new_tokens and eos.numel():
                 logits[:, eos] = -float("inf")
             if procs is not None:
@@ -124,15 +138,21 @@ def decode(
             else:
                 nxt = logits.argmax(-1)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))
-            out[:, step] = nxt
+            out[live, step] = nxt
             n = step + 1
-            if on_step is not None and on_step(nxt):
+            if on_step is not None and on_step(out[:, step]):
                 break
             if eos.numel():
                 unfinished &= ~torch.isin(nxt, eos)
-                if not bool(unfinished.any()):
-                    break
+            if finished is not None:
+                unfinished &= ~torch.tensor(list(finished()), dtype=torch.bool, device=dev)[live]
+            if not bool(unfinished.any()):
+                break
             ids = nxt.unsqueeze(1)
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             pos = pos[:, -1:] + 1
+            if shrink and not bool(unfinished.all()):
+                keep = unfinished.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                ids, mask, pos, live, unfinished = ids[keep], mask[keep], pos[keep], live[keep], unfinished[keep]
     return out[:, :n]

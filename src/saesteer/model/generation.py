@@ -43,6 +43,7 @@ class GenerationConfig:
     fast: bool = opt(
         True, "decode with saesteer's KV-cache loop and prepacked CPU weights (off: Hugging Face generate)"
     )
+    shrink: bool = opt(True, "fast path, greedy: drop rows that ended from the batch (each later step costs less)")
 
 
 def to_messages(conv: Conversation, system_prompt: str | None = None) -> list[Message]:
@@ -163,6 +164,10 @@ class StopStrings:
                 self.end[r] = len(self.tokens[r])
         return all(e is not None for e in self.end)
 
+    def finished(self) -> list[bool]:
+        """Which rows have ended (at EOS or a stop string)."""
+        return [e is not None for e in self.end]
+
     def cut(self, new: torch.Tensor, pad_id: int) -> torch.Tensor:
         for r, e in enumerate(self.end):
             if e is not None:
@@ -198,6 +203,8 @@ def decode_batch(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         on_step=stops,
+        finished=stops.finished if stops else None,
+        shrink=cfg.shrink,
     )
     return stops.cut(new, pad_id) if stops else new
 

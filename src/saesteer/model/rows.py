@@ -14,6 +14,11 @@ example ``rows[r // repeat]``. The generator declares that map around its model 
 The map lives in a context variable (per thread and per asyncio task), so concurrent generators
 do not see each other's rows. Without a declared map a per-example setting must have exactly one
 row per batch row.
+
+A decoder that drops finished rows from its KV cache mid-generation declares, around each later
+step, which rows of the prompt pass are still running (:func:`live_rows`): per-example settings
+follow through the narrowed row map, and per-generation state decided on the prompt pass (a gate's
+decision) is indexed by :func:`current_live`.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class RowMap:
 
 
 _CURRENT: ContextVar[RowMap | None] = ContextVar("saesteer_example_rows", default=None)
+_LIVE: ContextVar[tuple[int, ...] | None] = ContextVar("saesteer_live_rows", default=None)
 
 
 @contextlib.contextmanager
@@ -79,6 +85,30 @@ def example_rows(rows: Sequence[int] | None = None, repeat: int = 1) -> Iterator
         yield rmap
     finally:
         _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def live_rows(live: Sequence[int]) -> Iterator[None]:
+    """Declare that the model calls inside the block run rows ``live`` of the generation's prompt pass, in order.
+
+    The example map narrows with them: row ``r`` now holds the example that prompt-pass row ``live[r]`` held."""
+    live = tuple(int(r) for r in live)
+    outer = current_rows()
+    if outer is not None and outer.repeat != 1:
+        raise SaesteerError("live_rows: rows cannot be dropped from a batch that repeats examples (beams)")
+    rows = live if outer is None or outer.rows is None else tuple(outer.rows[r] for r in live)
+    token_map = _CURRENT.set(RowMap(rows))
+    token_live = _LIVE.set(live)
+    try:
+        yield
+    finally:
+        _LIVE.reset(token_live)
+        _CURRENT.reset(token_map)
+
+
+def current_live() -> tuple[int, ...] | None:
+    """The prompt-pass rows the model call in progress runs (None: all of them, or nothing was declared)."""
+    return _LIVE.get()
 
 
 def current_rows() -> RowMap | None:

@@ -76,6 +76,9 @@ class EvaluateConfig:
     variant_attacks: bool = opt(
         True, "generate FRACTURED under every gate variant (gate_variants stage; off: the chosen gate's only)"
     )
+    gate_variants: bool = opt(
+        True, "score every dev-fit gate variant on the test items beside the chosen gate (the gate_variants stage)"
+    )
     compose_gated: bool = opt(
         False,
         "a gated condition's safety and capability outcome per item is its ungated clamp's where the gate fires and "
@@ -296,6 +299,7 @@ PROFILES["full"] = {
     "safety.alpaca_n": 300,
     "evaluate.mmlu_per_subject": 10,
     "capability.batch_size": 16,
+    "capability.generate_batch_size": 32,  # HumanEval / GSM8K: 0.74x the time of 16 (bench/drop_finished.py)
     "capability.mmlu_shots": 5,
     "capability.share_prefix": True,  # per-subject shots and the TruthfulQA primer run once: ~4x less prefill
     "capability.truthfulqa_n": 100,
@@ -305,6 +309,8 @@ PROFILES["full"] = {
     "multiturn.n": 60,
     "multiturn.max_turns": 2,  # each attacker turn reads a ~2k-token system prompt: ~3 min per turn of 20 attacks
     "evaluate.crescendo_n": 20,
+    "evaluate.crescendo_skip": ["direction"],  # the paper's multi-turn claim is the clamp's; saves ~8 min
+    "evaluate.gate_variants": False,  # the variants' table is the cpu report's; saves ~13 min
     "evaluate.capability_on": "headline",
     "evaluate.compose_gated": True,
     "evaluate.unchosen": False,

@@ -85,7 +85,8 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     ctx.humaneval = cap.humaneval_problems(cfg, prompts)
     ctx.divergence = base
     table = stage_sweep(runner, ctx, scored, choice, features)  # 11
-    composed = stage_gate_variants(runner, lm, ctx, trained, table, scored) if fitted else None
+    variants = fitted and cfg.evaluate.gate_variants
+    composed = stage_gate_variants(runner, lm, ctx, trained, table, scored) if variants else None
     seed_runs = [SeedRun.of(cfg.seed, features, trained.sae, table, choice)]
     if cfg.seeds > 1:  # 12
         seed_runs += stage_seeds(runner, lm, cfg, acts, corpus, prompts, direction, choice, grid)

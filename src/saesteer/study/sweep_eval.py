@@ -222,7 +222,7 @@ def _humaneval(ctx: SweepContext, cond: Condition, steering: Steering | None, ta
     with steered(ctx, steering):
         r = score_humaneval(
             ctx.model, ctx.tokenizer, ctx.humaneval, max_new_tokens=cfg.evaluate.humaneval_max_new_tokens,
-            batch_size=cfg.generation.batch_size,
+            batch_size=cfg.capability.generate_batch_size or cfg.generation.batch_size,
         )  # fmt: skip
     _benchmark_row(table, cond, "humaneval", r)
     if steering is not None and steering.gate is not None:  # the gate decides per problem from its chat prompt
