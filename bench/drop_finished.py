@@ -14,20 +14,17 @@ import time
 
 import torch
 
-from saesteer.evaluation.humaneval import CODE_STOPS, chat_prompt, load_humaneval
+from saesteer.evaluation.humaneval import chat_prompt, generate_code, load_humaneval
 from saesteer.machine import machine_limits
-from saesteer.model.generation import GenerationConfig, decode_batch, encode_chats
 from saesteer.model.loading import load
 
 
 def answers(lm, prompts: list[str], batch: int, max_new: int, shrink: bool) -> tuple[list[str], float, int]:
-    cfg = GenerationConfig(max_new_tokens=max_new, shrink=shrink)
-    out, tokens, t0 = [], 0, time.perf_counter()
-    for s in range(0, len(prompts), batch):
-        new = decode_batch(lm.model, lm.tokenizer, encode_chats(lm.tokenizer, prompts[s : s + batch]), cfg, CODE_STOPS)
-        tokens += int((new != lm.tokenizer.pad_token_id).sum())
-        out += [lm.tokenizer.decode(r, skip_special_tokens=True) for r in new]
-    return out, time.perf_counter() - t0, tokens
+    t0 = time.perf_counter()
+    out = generate_code(lm.model, lm.tokenizer, prompts, max_new, batch, shrink)
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in out)
+    return out, seconds, tokens
 
 
 def main() -> None:

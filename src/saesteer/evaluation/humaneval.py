@@ -124,11 +124,17 @@ CODE_STOPS = ("\n```\n", "\n```<|im_end|>")  # the closing fence of the answer's
 
 
 def generate_code(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 512, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    shrink: bool = True,
 ) -> list[str]:
     """Greedy chat completions (the fast path) that stop at EOS or once the code block closes (stop strings);
-    batches are split over the ranks of a collective stage (``saesteer.stages.deal``)."""
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+    batches are split over the ranks of a collective stage (``saesteer.stages.deal``). ``shrink``: rows that
+    ended leave their batch (:func:`saesteer.model.decode.decode`)."""
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, shrink=shrink)
 
     def run(batch: Sequence[str]) -> list[str]:
         new = decode_batch(model, tokenizer, encode_chats(tokenizer, list(batch)), cfg, CODE_STOPS)

@@ -177,7 +177,6 @@ class SteeringHandle:
         self.gate_on: torch.Tensor | None = None  # (batch,) bool, decided on the prompt pass
         self.gate_scores: torch.Tensor | None = None  # (batch,) the last prompt's gate scores
         self.gate_any = False  # whether any example of the session is steered (skips the edit if not)
-        self.live: torch.Tensor | None = None  # prompt-pass rows still decoding, once a decoder dropped some
         self._handles: list[RemovableHandle] = []
         stack = _decoder_stack(adapter)
         self._handles.append(stack.register_forward_pre_hook(self._on_forward, with_kwargs=True))
@@ -213,9 +212,8 @@ class SteeringHandle:
             self.session_batch = info.batch
             self.gate_on = None
             self.gate_any = False
-            self.live = None
         elif (live := current_live()) is not None and len(live) == info.batch:
-            self.live = torch.tensor(live, dtype=torch.long)  # a decoder dropped finished rows (rows.live_rows)
+            pass  # a decoder dropped finished rows of this session (rows.live_rows): _on_layer follows them
         elif self.session_batch != info.batch:
             if self.steering.gate is not None or self.steering.positions.mode != "all":
                 raise SaesteerError(
@@ -258,7 +256,8 @@ class SteeringHandle:
         sel = position_mask(st.positions, info, self.prompt_len, x.device)
         if st.gate is not None:
             assert self.gate_on is not None
-            on = self.gate_on if self.live is None else self.gate_on[self.live.to(self.gate_on.device)]
+            live = current_live()
+            on = self.gate_on if live is None else self.gate_on[list(live)]
             g = on.to(x.device).unsqueeze(1)  # decided on this batch's own prompt pass: its rows
             sel = g.expand(info.batch, info.seq) if sel is None else sel & g
         return st.editor.apply(x, sel, info)
