@@ -66,6 +66,9 @@ class FindFeaturesConfig:
     control_gen_band: float = opt(0.10, "... and then its judged refusal changes (generation) within +/- this")
     control_n_generate: int = opt(16, "harmful and harmless dev prompts each for the control's generation check")
     control_tries: int = opt(8, "control candidates checked at most (best statistics match first)")
+    control_fallback: bool = opt(
+        True, "if none stays within the bands, the least refusal-moving one stands in (unverified)"
+    )
     n_contexts: int = opt(10, "top-activating contexts shown per feature")
     fast_screen: bool = opt(True, "cheap screen: reuse the activations up to the SAE's layer (checked; falls back)")
     system_prompt: str | None = opt(None, "system prompt for every chat prompt (default: the template's)")

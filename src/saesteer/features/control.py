@@ -17,6 +17,10 @@ refusal from the effect of clamping *any* feature that hard. Here the control is
    change of the expected refusal rate under the cheap score stays within ``+/- band`` on harmful and on
    harmless prompts, and then the change of the judged refusal rate of greedy generations on the first
    ``n`` of each within ``+/- gen_band``. The first that passes is the control; every check is recorded.
+5. if none passes, the checked candidate whose cheap-score refusal moved least (``max(|unsafe|, |safe|)``,
+   ties to the better statistics match) stands in, marked ``verified=False`` (:func:`stand_in`): the
+   control's job in the comparison is to show what clamping *some* unrelated feature this hard costs, and
+   a report without one can't make it. The report prints how far it moved refusal beside its results.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class ControlChoice:
     considered: int
     reason: str
     cosine_with_chosen: float | None = None
+    verified: bool = True  # False: no candidate passed the neutrality check and this one stands in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +186,11 @@ def pick_control(
         f"none of the top {n_topic} topic features is active, unrelated to safety "
         f"(|cos| <= {max_cos}, not in the safety rankers' top lists) and distinct from the target",
     )
+
+
+def stand_in(checks: Sequence[ControlCheck]) -> ControlCheck | None:
+    """The checked candidate whose cheap-score refusal changes are smallest (the first of equals), if any."""
+    return min(checks, key=lambda k: max(abs(k.cheap_unsafe_delta), abs(k.cheap_safe_delta)), default=None)
 
 
 # (clamped feature, value) -> judged refusals (harmful, harmless); (None, 0.0) generates unclamped

@@ -312,6 +312,20 @@ def _verifier(run: Run, base: dict[str, Any], calib: ScoreCalibration) -> Any:
     )
 
 
+def _stand_in(found: list[Any], checks: list[dict[str, Any]], why: str) -> dict[str, Any]:
+    """The least refusal-moving checked candidate as an unverified control (see features.control, step 5)."""
+    from saesteer.features.control import ControlCheck, stand_in
+
+    best = stand_in([ControlCheck(**k) for k in checks])
+    assert best is not None  # checks is not empty
+    cand = next(x for x in found if x.feature == best.feature)
+    moved = f"{100 * best.cheap_unsafe_delta:+.1f} / {100 * best.cheap_safe_delta:+.1f} pts"
+    if best.gen_unsafe_delta is not None and best.gen_safe_delta is not None:
+        moved += f" (generation {100 * best.gen_unsafe_delta:+.1f} / {100 * best.gen_safe_delta:+.1f} pts)"
+    reason = f"unverified stand-in: {why}; {best.feature} moved refusal least, by {moved} on unsafe / safe dev prompts"
+    return {**asdict(cand), "reason": reason, "verified": False}
+
+
 def control(
     run: Run,
     store: ContextStore,
@@ -347,11 +361,13 @@ def control(
                 return {"control": asdict(cand), "checks": checks}
         why = f"none of the {len(checks)} candidates checked stayed within the bands" if checks else (
             f"no topic feature is active, unrelated to safety (|cos| <= {c.control_max_cos}) and distinct")  # fmt: skip
+        if checks and c.control_fallback:
+            return {"control": _stand_in(found, checks, why), "checks": checks}
         considered = found[0].considered if found else 0  # every qualifying candidate, checked or not
         return {"control": asdict(no_control(stats, f_t, why, considered)), "checks": checks}
 
     fields = ("control_max_cos", "control_multiple", "control_band", "control_gen_band", "control_n_generate",
-              "control_tries", "clamp_multiple", "clamp_value", "positions", "max_new_tokens", "judge")  # fmt: skip
+              "control_tries", "control_fallback", "clamp_multiple", "clamp_value", "positions", "max_new_tokens", "judge")  # fmt: skip
     inputs = run.key(
         fields, target=[f_t, v_t], exclude=sorted(exclude), contexts=run.folder("contexts"),
         rankers=run.folder("rankers"), baseline=run.folder("baseline"),

@@ -45,6 +45,7 @@ class Headline:
     clamp: str | None
     gate: str | None
     dev: bool = True
+    control_note: str | None = None  # set when the control is an unverified stand-in: how far it moved refusal
 
 
 def fmt_num(v: float, digits: int = 1) -> str:
@@ -148,12 +149,13 @@ def _clamp(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list
     return out
 
 
-def _control(table: ResultsTable, derived: Sequence[Derived]) -> list[str]:
+def _control(table: ResultsTable, derived: Sequence[Derived], h: Headline) -> list[str]:
     out = []
     for d in (d for d in derived if d.kind == "control"):
         parts = [claim("unsafe-refusal change", d.safety_gain, table, "unsafe_refusal", d.condition)]
         parts += capability_claims(table, d)
-        out.append(f"Control {d.condition}: " + "; ".join(parts) + f". (Paper: {PAPER.control}.)")
+        note = f" Not verified neutral: {h.control_note}." if h.control_note else ""
+        out.append(f"Control {d.condition}: " + "; ".join(parts) + f". (Paper: {PAPER.control}.){note}")
     if not out:  # the paper's control comparison can't be made; say so rather than stay silent
         out.append(f"No control feature was measured, so the paper's control comparison ({PAPER.control}) is not "
                    "made here; the setup's feature table says why.")  # fmt: skip
@@ -255,7 +257,7 @@ def findings(
     h = headline or default_headline(derived)
     return [
         *_clamp(table, derived, h),
-        *_control(table, derived),
+        *_control(table, derived, h),
         *_gate(table, derived, h),
         *_direction(table, derived),
         *_multiturn(table, derived, h),

@@ -130,7 +130,8 @@ def features_tables(features: FeatureReport) -> list[Table]:
     if f is not None:
         rows.append(["max activation (clamp unit)", _num(features.ref_max(f))])
     ctrl = features.control
-    rows.append(["control feature", _num(features.control_feature)])
+    stand_in = ctrl is not None and ctrl.feature is not None and not ctrl.verified
+    rows.append(["control feature", _num(features.control_feature) + (" (unverified stand-in)" if stand_in else "")])
     if ctrl is not None:
         rows.append(["control: why", ctrl.reason])
     out = [Table("Features (dev)", ["field", "value"], rows)]
@@ -243,7 +244,9 @@ def write_study_report(
     else:  # an earlier multi-seed run's summary in this (the study's own) report folder no longer applies
         (report_dir / "seeds.json").unlink(missing_ok=True)
     cache = runner.folders.get("sweep", report_dir) / "completions.jsonl"
-    headline = Headline(choice.clamp, choice.gate, dev=True)
+    ctrl = features.control
+    note = ctrl.reason.removeprefix("unverified stand-in: ") if ctrl is not None and not ctrl.verified else None
+    headline = Headline(choice.clamp, choice.gate, dev=True, control_note=note)
     data = ReportData(table=table, conditions=grid, headline=headline)
     derived = data.derived()
     names = headline_names(data, derived)
