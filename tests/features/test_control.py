@@ -10,7 +10,7 @@ import torch
 
 from saesteer.features import discovery as dv
 from saesteer.features.contexts import FeatureStats
-from saesteer.features.control import ControlVerifier, control_candidates, pick_control
+from saesteer.features.control import ControlCheck, ControlVerifier, control_candidates, pick_control, stand_in
 from saesteer.features.pipeline import load_prompts
 from saesteer.features.rankers import Ranking
 from saesteer.features.refusal_score import calibrate_score
@@ -81,3 +81,15 @@ def test_verifier_rejects_a_refusal_feature_and_accepts_a_neutral_one(chat: tupl
     assert good.passed and abs(good.cheap_unsafe_delta) < 1e-3 and abs(good.cheap_safe_delta) < 1e-3
     assert good.gen_n == 2 and good.gen_unsafe_delta == 0.0 and good.gen_safe_delta == 0.0
     assert good.to_dict()["band"] == 0.05
+
+
+def _check(feature: int, unsafe: float, safe: float) -> ControlCheck:
+    return ControlCheck(feature, 1.0, 2.0, 0.0, 0.0, "sigmoid", 32, unsafe, safe, 0, None, None, 0.05, 0.1, False, "")
+
+
+def test_the_stand_in_is_the_candidate_that_moved_refusal_least() -> None:
+    checks = [_check(1, -0.28, -0.06), _check(2, 0.09, 0.03), _check(3, -0.03, 0.09), _check(4, 0.09, -0.01)]
+    best = stand_in(checks)
+    assert best is not None and best.feature == 2  # max |change| 0.09 ties 3 and 4; the first (best match) wins
+    assert stand_in([_check(5, 0.5, 0.0), _check(6, 0.0, -0.4)]).feature == 6  # type: ignore[union-attr]
+    assert stand_in([]) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -154,3 +155,12 @@ def test_a_claim_with_too_few_discordant_pairs_says_nothing_is_detectable() -> N
     text = claim("HumanEval pass@1 loss", e, table, "humaneval", conds[1].name)
     assert text.startswith("HumanEval pass@1 loss: not detectable at n=20")
     assert "too few discordant pairs for any effect to be detectable at this n" in text
+
+
+def test_an_unverified_control_says_so_beside_its_results() -> None:
+    table, conds = make_table(paired=True)
+    head = dataclasses.replace(HEAD, control_note="7 moved refusal least, by +9.4 / +3.1 pts")
+    ctrl = [c for c in findings(table, derive(table, conds), head) if c.startswith("Control ")]
+    assert ctrl and all(c.endswith("Not verified neutral: 7 moved refusal least, by +9.4 / +3.1 pts.") for c in ctrl)
+    plain = [c for c in findings(table, derive(table, conds), HEAD) if c.startswith("Control ")]
+    assert plain and not any("Not verified" in c for c in plain)
