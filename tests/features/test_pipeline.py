@@ -14,6 +14,7 @@ import torch
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.judges import KeywordJudge
 from saesteer.features.config import FindFeaturesConfig
+from saesteer.features.control import stand_in
 from saesteer.features.pipeline import find_features
 from saesteer.features.report import FORMAT, FeatureReport
 from saesteer.sae.base import SAE
@@ -129,11 +130,32 @@ def test_control_is_the_first_candidate_that_passes_its_check(chat: tuple[Any, A
         gen_ok = c.gen_unsafe_delta is not None and max(abs(c.gen_unsafe_delta), abs(c.gen_safe_delta or 0)) <= 0.1
         assert c.passed == (cheap_ok and gen_ok) and (c.gen_n == 2) == cheap_ok
     assert not any(c.passed for c in checks[:-1])  # the first one that passes ends the search
-    assert rep.control_feature == (checks[-1].feature if checks[-1].passed else None)
+    assert rep.control is not None
+    if checks[-1].passed:
+        assert rep.control_feature == checks[-1].feature and rep.control.verified
+    else:  # none passed: the least refusal-moving candidate stands in, marked unverified
+        assert rep.control_feature == stand_in(checks).feature  # type: ignore[union-attr]
+        assert not rep.control.verified and rep.control.reason.startswith("unverified stand-in: none of the")
     saved = json.loads((tmp_path / "features.json").read_text())["control_checks"]
     assert [c["feature"] for c in saved] == [c.feature for c in checks]
     assert FeatureReport.load(tmp_path / "features.json") == rep  # the round trip keeps the checks
     assert "cos refusal dir." in (tmp_path / "features.md").read_text()
+
+
+def test_without_the_fallback_a_run_whose_candidates_all_fail_has_no_control(
+    chat: tuple[Any, Any], tmp_path: Path
+) -> None:
+    model, tok = chat
+    sae = planted_sae(model, tok, d_sae=512)
+    strict = dict(n_generate=1, control_n_generate=2, control_tries=2, control_max_cos=0.3, control_band=0.0)
+    cfg = small_cfg(tmp_path / "off", **strict, control_fallback=False)
+    rep = find_features(model, tok, sae, cfg, "tiny", judge(), progress=False, log=lambda _m: None)
+    assert rep.control_checks and not any(c.passed for c in rep.control_checks)  # no clamp leaves scores exact
+    assert rep.control is not None and rep.control_feature is None and "none of the 2" in rep.control.reason
+    cfg = small_cfg(tmp_path / "on", **strict)
+    on = find_features(model, tok, sae, cfg, "tiny", judge(), progress=False, log=lambda _m: None)
+    assert on.control_feature == stand_in(on.control_checks).feature  # type: ignore[union-attr]
+    assert on.control is not None and not on.control.verified
 
 
 def test_screen_is_deterministic_under_a_seed(chat: tuple[Any, Any], tmp_path: Path) -> None:
