@@ -64,9 +64,23 @@ def test_a_grown_sweep_starts_from_the_shared_rows(tmp_path: Path) -> None:
     assert table.items("clamp f=3 c=8", "unsafe_refusal") == {"advbench/a1": 1.0, "advbench/a2": 0.0}
     assert (folder / "completions.jsonl").read_text() == (old / "completions.jsonl").read_text()
     record = json.loads((folder / "reused.json").read_text())
-    assert record["from"] == old.name and record["rows"] == 2 and record["seconds"] == 60.0
+    assert record["from"] == old.name and record["rows"] == 2
+    assert record["seconds"] == 60.0  # every row of the predecessor: its whole stage time (rows sum to 60 too)
     assert runner.times["sweep"] >= 60.0  # the copied rows' scoring counts as earlier work
     assert json.loads((folder / ATTEMPTS).read_text())["kept"] == 60.0
+
+
+def test_the_copied_rows_are_charged_their_share_of_the_predecessor_stage_time(tmp_path: Path) -> None:
+    runner = StageRunner(tmp_path, log=lambda _: None)
+    old = _finished_sweep(runner, _inputs([BASE, CLAMP]))
+    atomic_write_json(old / DONE, {"name": "sweep", "seconds": 40.0})  # rows measured together: 60 s of row time
+    grown = _inputs([BASE, CONTROL])
+    record = seed_sweep(runner.folder("sweep", grown, SCORING_CODE), grown, SCORING_CODE)
+    assert record is not None and record["conditions"] == ["baseline"] and record["seconds"] == 20.0
+    (old / DONE).unlink()  # an unfinished predecessor: its rows' own seconds
+    (runner.folder("sweep", grown, SCORING_CODE) / "results.json").unlink()
+    record = seed_sweep(runner.folder("sweep", grown, SCORING_CODE), grown, SCORING_CODE)
+    assert record is not None and record["seconds"] == 30.0
 
 
 def test_only_identically_defined_conditions_are_shared() -> None:

@@ -8,7 +8,7 @@ the scoring settings and the scoring code. So before a sweep starts in an empty 
 (``grid``, ``capability_on``) and on the scoring code's version, and copies in the rows (with their per-item
 outcomes) and the cached completions of every condition defined identically in both, with the same
 capability membership. The sweep then scores only what is new; ``reused.json`` records what was copied and
-from where, and the stage's recorded time counts the copied rows' seconds as earlier work.
+from where, and the stage's recorded time counts the predecessor's time for the copied rows as earlier work.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from saesteer.config import atomic_write_json
-from saesteer.report.results import ResultsTable
+from saesteer.report.results import ResultRow, ResultsTable
 from saesteer.stages import ATTEMPTS, DONE, INPUTS, StageRunner, code_version, is_writer
 
 T = TypeVar("T")
@@ -82,12 +82,26 @@ def seed_sweep(folder: Path, inputs: dict[str, Any], code: Sequence[str]) -> dic
     if (sib / COMPLETIONS).is_file():  # keyed by condition and prompt, so other conditions' lines do no harm
         shutil.copyfile(sib / COMPLETIONS, folder / COMPLETIONS)
     table.save()
-    seconds = sum(r.seconds or 0.0 for r in rows)
+    seconds = _scoring_seconds(sib, old, rows)
     record = {"from": sib.name, "conditions": sorted({r.condition for r in rows}), "rows": len(rows),
               "seconds": seconds}  # fmt: skip
     atomic_write_json(folder / REUSED, record)
     atomic_write_json(folder / ATTEMPTS, {"started": time.time(), "kept": seconds})
     return record
+
+
+def _scoring_seconds(sib: Path, old: ResultsTable, rows: list[ResultRow]) -> float:
+    """The predecessor's stage time, apportioned to the copied rows by their recorded seconds.
+
+    Rows measured together share one time (the safety sets, TruthfulQA MC1 and MC2), so their sum overstates
+    the stage; a predecessor that never finished has only that sum.
+    """
+    mine, total = sum(r.seconds for r in rows), sum(r.seconds for r in old)
+    try:
+        stage = float(json.loads((sib / DONE).read_text())["seconds"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return mine
+    return stage * (mine / total if total > 0 else 1.0)
 
 
 class ReusingRunner(StageRunner):
