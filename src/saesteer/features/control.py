@@ -48,6 +48,9 @@ DEFAULT_TOPIC_PROMPTS: tuple[str, ...] = (
 )
 
 
+STAND_IN = "unverified stand-in: "  # how the reason of a control that passed no neutrality check begins
+
+
 @dataclass
 class ControlChoice:
     """A control feature (or none, with the reason) and why it was picked."""
@@ -66,6 +69,11 @@ class ControlChoice:
     reason: str
     cosine_with_chosen: float | None = None
     verified: bool = True  # False: no candidate passed the neutrality check and this one stands in
+
+    @property
+    def stand_in_note(self) -> str | None:
+        """Why a stand-in control stands in and how far it moved refusal; None for a verified one (or none)."""
+        return self.reason.removeprefix(STAND_IN) if self.feature is not None and not self.verified else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

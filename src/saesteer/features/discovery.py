@@ -314,7 +314,7 @@ def _verifier(run: Run, base: dict[str, Any], calib: ScoreCalibration) -> Any:
 
 def _stand_in(found: list[Any], checks: list[dict[str, Any]], why: str) -> dict[str, Any]:
     """The least refusal-moving checked candidate as an unverified control (see features.control, step 5)."""
-    from saesteer.features.control import ControlCheck, stand_in
+    from saesteer.features.control import STAND_IN, ControlCheck, stand_in
 
     best = stand_in([ControlCheck(**k) for k in checks])
     assert best is not None  # checks is not empty
@@ -322,7 +322,7 @@ def _stand_in(found: list[Any], checks: list[dict[str, Any]], why: str) -> dict[
     moved = f"{100 * best.cheap_unsafe_delta:+.1f} / {100 * best.cheap_safe_delta:+.1f} pts"
     if best.gen_unsafe_delta is not None and best.gen_safe_delta is not None:
         moved += f" (generation {100 * best.gen_unsafe_delta:+.1f} / {100 * best.gen_safe_delta:+.1f} pts)"
-    reason = f"unverified stand-in: {why}; {best.feature} moved refusal least, by {moved} on unsafe / safe dev prompts"
+    reason = f"{STAND_IN}{why}; {best.feature} moved refusal least, by {moved} on unsafe / safe dev prompts"
     return {**asdict(cand), "reason": reason, "verified": False}
 
 

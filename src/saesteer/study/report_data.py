@@ -130,7 +130,7 @@ def features_tables(features: FeatureReport) -> list[Table]:
     if f is not None:
         rows.append(["max activation (clamp unit)", _num(features.ref_max(f))])
     ctrl = features.control
-    stand_in = ctrl is not None and ctrl.feature is not None and not ctrl.verified
+    stand_in = ctrl is not None and ctrl.stand_in_note is not None
     rows.append(["control feature", _num(features.control_feature) + (" (unverified stand-in)" if stand_in else "")])
     if ctrl is not None:
         rows.append(["control: why", ctrl.reason])
@@ -244,8 +244,7 @@ def write_study_report(
     else:  # an earlier multi-seed run's summary in this (the study's own) report folder no longer applies
         (report_dir / "seeds.json").unlink(missing_ok=True)
     cache = runner.folders.get("sweep", report_dir) / "completions.jsonl"
-    ctrl = features.control
-    note = ctrl.reason.removeprefix("unverified stand-in: ") if ctrl is not None and not ctrl.verified else None
+    note = features.control.stand_in_note if features.control is not None else None
     headline = Headline(choice.clamp, choice.gate, dev=True, control_note=note)
     data = ReportData(table=table, conditions=grid, headline=headline)
     derived = data.derived()
