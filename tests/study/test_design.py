@@ -139,3 +139,16 @@ def test_several_gates_run_side_by_side() -> None:
     for bad in ("probe,probe", "probe:median", ""):
         with pytest.raises(SaesteerError):
             build_grid(SweepConfig(clamp_values=[8.0], gate=bad), [7], [], direction=False)
+
+
+@pytest.mark.parametrize("unchosen", [True, False])
+def test_the_control_is_scored_at_the_chosen_clamps_multiple(unchosen: bool) -> None:
+    from saesteer.study.dev_stages import Choice, test_grid
+
+    cfg = SweepConfig(clamp_values=[1.0, 2.0], clamp_units="max")
+    grid = build_grid(cfg, [5], [8], feature_max={5: 3.0, 8: 10.0})
+    for clamp, control in (("clamp f=5 c=3 (1x max)", "control f=8 c=10 (1x max)"),
+                           ("clamp f=5 c=6 (2x max)", "control f=8 c=20 (2x max)")):  # fmt: skip
+        names = [c.name for c in test_grid(grid, Choice(clamp, f"conditional {clamp}", {}), unchosen)]
+        assert [n for n in names if n.startswith("control")] == [control]
+        assert f"conditional {clamp}" in names and ("clamp f=5 c=6 (2x max)" in names) == (unchosen or "2x" in clamp)

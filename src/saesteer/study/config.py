@@ -309,7 +309,9 @@ PROFILES["full"] = {
     "multiturn.n": 60,
     "multiturn.max_turns": 2,  # each attacker turn reads a ~2k-token system prompt: ~3 min per turn of 20 attacks
     "evaluate.crescendo_n": 20,
-    "evaluate.crescendo_skip": ["direction"],  # the paper's multi-turn claim is the clamp's; saves ~8 min
+    # Crescendo on the baseline and the chosen clamp only: the paper's multi-turn claim is the clamp's (~7 min a
+    # condition; FRACTURED, ~1.5 min, still attacks every condition)
+    "evaluate.crescendo_skip": ["direction", "control", "conditional"],
     "evaluate.gate_variants": False,  # the variants' table is the cpu report's; saves ~13 min
     "evaluate.capability_on": "headline",
     "evaluate.compose_gated": True,

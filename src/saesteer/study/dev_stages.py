@@ -247,9 +247,17 @@ def best_clamp(grid: list[Condition], rates: dict[str, dict[str, float]]) -> str
 
 
 def test_grid(grid: list[Condition], choice: Choice, unchosen: bool = True) -> list[Condition]:
-    """The conditions scored on test: all but the gated clamps of values the dev choice did not pick (and, with
-    ``unchosen`` off, the clamp values and gates it did not pick)."""
-    kept = [c for c in grid if c.kind != "conditional" or c.unconditional == choice.clamp]
+    """The conditions scored on test: all but the gated clamps of values the dev choice did not pick and the
+    controls clamped at other values than the chosen clamp's (the control is clamped the same way as the headline
+    clamp: the same multiple of its own max); with ``unchosen`` off, also not the clamp values and gates it did
+    not pick."""
+    chosen = next(c for c in grid if c.name == choice.clamp)
+    same = [c for c in grid if c.kind == "control" and c.label == chosen.label]
+    kept = [
+        c
+        for c in grid
+        if (c.kind != "conditional" or c.unconditional == choice.clamp) and (c.kind != "control" or c in same)
+    ]
     if unchosen:
         return kept
     return [

@@ -1,8 +1,9 @@
 """The sweep stage: the study's conditions (grid), their shared context, and the test-set scoring of each.
 
 The grid holds the unsteered baseline, the refusal clamps at each multiple of the feature's max activation,
-the control clamped at the strongest multiple, every clamp behind each gate, and the difference-in-means
-direction; the dev choice keeps only the chosen clamp's gated versions for test scoring.
+the control at each multiple of its own max, every clamp behind each gate, and the difference-in-means
+direction; the dev choice keeps only the chosen clamp's gated versions and the control at the chosen clamp's
+multiple for test scoring.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ def study_gates(cfg: StudyConfig, real: bool) -> list[str]:
 def study_grid(
     cfg: StudyConfig, features: FeatureReport, sae: SAE, gates: list[str], fit_id: str | None = None
 ) -> list[Condition]:
-    """The conditions: baseline, the refusal clamps, the control at the strongest clamp, every clamp behind each
-    gate (the dev choice keeps the chosen clamp's), and the direction baseline."""
+    """The conditions: baseline, the refusal clamps, the control at the same multiples, every clamp behind each
+    gate (the dev choice keeps the chosen clamp's gates and control), and the direction baseline."""
     refusal = [features.refusal_feature] if features.refusal_feature is not None else []
     control = [features.control_feature] if features.control_feature is not None else []
     fmax = {f: features.ref_max(f) for f in refusal + control}
     scfg = dataclasses.replace(
-        cfg.sweep, control_values=[max(cfg.sweep.clamp_values)], conditional=bool(gates), gate=",".join(gates)
+        cfg.sweep, control_values=list(cfg.sweep.clamp_values), conditional=bool(gates), gate=",".join(gates)
     )
     grid = build_grid(scfg, refusal, control, feature_max={f: v for f, v in fmax.items() if v is not None})
     # a fitted gate is named by its stage folder, so a refit is another condition (another cache key)
