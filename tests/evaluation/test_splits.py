@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import pytest
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.datasets import load_prompts
-from saesteer.evaluation.selection import StudySizes, select, study_takes
+from saesteer.evaluation.selection import UNSEEN_TEST_SETS, StudySizes, select, study_takes
 from saesteer.evaluation.splits import (
     RULES,
     SplitRegistry,
@@ -125,6 +126,10 @@ def test_study_selection_on_real_data_is_disjoint(tmp_path: Path) -> None:
     assert dev.isdisjoint(hb_test | adv_test)
     assert len(sel[("test", "harmbench:test")]) == 320
     assert len(sel[("test", "alpaca")]) == 300
+    assert len(sel[("test", "donotanswer")]) > 200
+    # without the unseen sets every other selection is the same prompts
+    without = select(SplitRegistry(REAL), study_takes(True, dataclasses.replace(sizes, unseen=False)))
+    assert {k: v for k, v in sel.items() if k not in {("test", u) for u in UNSEEN_TEST_SETS}} == without
 
 
 def test_capability_data_is_drawn_and_recorded(tiny_data_dir: Path) -> None:

@@ -61,6 +61,9 @@ class SafetyConfig:
     n: int | None = opt(None, "at most this many prompts per set (deterministic sample; default: all)")
     alpaca_n: int = opt(100, "prompts sampled from Alpaca (31k instructions) when n is not smaller")
     seed: int = opt(0, "seed of the prompt subsamples")
+    unseen: bool = opt(
+        True, "the study also scores the sets no dev purpose draws from (Do-Not-Answer, built-in suites)"
+    )
     judge: str = opt("keyword", "refusal judge: keyword, llm:MODEL@BASE_URL or hf:PATH_OR_HUB_ID")
     data_dir: str | None = opt(None, "data directory (default: $SAESTEER_DATA_DIR or ../shared/data)")
 

@@ -38,6 +38,7 @@ class StudySizes:
     gate_n: int = 120
     safety_n: int | None = None
     alpaca_n: int = 300
+    unseen: bool = True  # also score UNSEEN_TEST_SETS
 
 
 SAFETY_TEST_SETS = ("harmbench:test", "jbb:harmful", "advbench", "xstest:unsafe", "xstest:safe", "jbb:benign")
@@ -87,7 +88,7 @@ def study_takes(real_data: bool, sizes: StudySizes) -> list[Take]:
         Take("builtin_xsafe", "gate", None),
         *[Take(name, "test", s.safety_n) for name in SAFETY_TEST_SETS],
         Take("alpaca", "test", s.alpaca_n),
-        *[Take(name, "test", s.safety_n) for name in UNSEEN_TEST_SETS],
+        *[Take(name, "test", s.safety_n) for name in UNSEEN_TEST_SETS if s.unseen],
     ]
 
 

@@ -297,6 +297,7 @@ PROFILES["full"] = {
     **PROFILES["cpu"],  # so every stage before the sweep has the cpu profile's inputs, and its caches serve
     "safety.n": None,
     "safety.alpaca_n": 300,
+    "safety.unseen": False,  # the generalisation check on unseen sets is the cpu report's; ~7 min of generation
     "evaluate.mmlu_per_subject": 10,
     "capability.batch_size": 16,
     "capability.generate_batch_size": 32,  # HumanEval / GSM8K: 0.74x the time of 16 (bench/drop_finished.py)

@@ -58,6 +58,7 @@ def draw_prompts(cfg: StudyConfig, real_data: bool) -> StudyPrompts:
         gate_n=cfg.dev.probe_n,
         safety_n=cfg.safety.n or None,
         alpaca_n=cfg.safety.alpaca_n,
+        unseen=cfg.safety.unseen,
     )
     registry = SplitRegistry(cfg.data_dir)
     return StudyPrompts(registry, select(registry, study_takes(real_data, sizes), cfg.seed))
