@@ -18,6 +18,7 @@ from saesteer.config import atomic_write_json, config_to_dict
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.safety import refusal_rate
 from saesteer.features.config import FindFeaturesConfig
+from saesteer.features.discovery import CODE as DISCOVERY_CODE
 from saesteer.features.pipeline import FeaturePrompts, find_features
 from saesteer.features.report import FeatureReport
 from saesteer.gating import load_gate
@@ -46,7 +47,11 @@ def stage_direction(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, prom
 
     inputs = {"model": lm.spec, "hook": cfg.hook, "prompts": digest(harmful + harmless)}
     return runner.run(
-        "direction", inputs, run, lambda f: RefusalDirection.load(f / "direction.safetensors"), code=("steering",)
+        "direction",
+        inputs,
+        run,
+        lambda f: RefusalDirection.load(f / "direction.safetensors"),
+        code=("steering", "model"),
     )
 
 
@@ -78,7 +83,11 @@ def stage_gate_probe(
 
     inputs = {"model": lm.spec, "hook": cfg.hook, "reduce": reduce, "prompts": digest(harmful + harmless)}
     return runner.run(
-        "gate_probe", inputs, run, lambda f: ProjectionScorer.load(f / "probe.safetensors")[0], code=("steering",)
+        "gate_probe",
+        inputs,
+        run,
+        lambda f: ProjectionScorer.load(f / "probe.safetensors")[0],
+        code=("steering", "model"),
     )
 
 
@@ -124,7 +133,7 @@ def stage_gate_fit(
 
     inputs = {"model": lm.spec, "sae": str(trained.folder), "specs": [sp.name for sp in specs],
               "prompts": digest(data.harmful + data.hard + data.alpaca), "objective": [fcfg.lam_hard, fcfg.lam_alpaca]}  # fmt: skip
-    return runner.run("gate_fit", inputs, run, load, code=("gating", "steering"))
+    return runner.run("gate_fit", inputs, run, load, code=("gating", "steering", "model"))
 
 
 def features_config(cfg: StudyConfig, trained: TrainedSAE, corpus: Corpus) -> FindFeaturesConfig:
@@ -176,7 +185,7 @@ def stage_features(
     name = "features" if trained.seed == cfg.seed else f"features_seed{trained.seed}"
     inputs = {k: v for k, v in config_to_dict(fcfg).items() if k != "out"}
     inputs["prompts"] = {k: digest([p.text for p in v]) for k, v in vars(given).items()}
-    return runner.run(name, inputs, run, lambda f: FeatureReport.load(f / "features.json"), code=("features",))
+    return runner.run(name, inputs, run, lambda f: FeatureReport.load(f / "features.json"), code=DISCOVERY_CODE)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def stage_gate_variants(
               "sweep": runner.folders["sweep"].name if "sweep" in runner.folders else None, "gated": gated,
               "items": digest(keys), "multiturn": config_to_dict(cfg.multiturn),
               "variant_attacks": cfg.evaluate.variant_attacks}  # fmt: skip
-    return runner.run("gate_variants", inputs, run, load, code=("gating", "steering", "study/gate_variants"))
+    return runner.run("gate_variants", inputs, run, load, code=("gating", "steering", "model", "study/gate_variants"))
 
 
 def _check(

@@ -48,7 +48,7 @@ from saesteer.study.corpus import stdlib_docstrings
 from saesteer.study.prompts import StudyPrompts, digest
 
 #: the fidelity stages' code: the SAE package and the samples chosen here
-FIDELITY_CODE = ("sae", "study/sae_stages")
+FIDELITY_CODE = ("sae", "model", "study/sae_stages")
 #: what the stdlib-docstring corpus holds, with a margin
 BUILTIN_MAX_TOKENS = 100_000
 
@@ -117,7 +117,7 @@ def stage_harvest(
         return str(harvest(lm.model, lm.tokenizer, dataclasses.replace(hcfg, out_dir=str(folder)), lm.spec, chat=chat))
 
     # collective: under torchrun every rank harvests its share of the windows (rank 0 writes the shards)
-    return runner.run("harvest", inputs, run, str, code=("activations",), collective=True)
+    return runner.run("harvest", inputs, run, str, code=("activations", "model"), collective=True)
 
 
 def stage_train(runner: StageRunner, lm: LoadedModel, cfg: StudyConfig, acts: str | None, seed: int) -> TrainedSAE:
