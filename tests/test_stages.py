@@ -75,3 +75,19 @@ def test_a_resumed_stage_counts_the_time_its_interrupted_run_kept(tmp_path: Path
     fresh = StageRunner(tmp_path / "other", log=lambda _m: None)
     fresh.run("s", {"a": 1}, lambda f: f.name, lambda f: f.name)
     assert json.loads((fresh.folders["s"] / stages.DONE).read_text())["earlier_seconds"] == 0.0
+
+
+def test_prepare_runs_before_an_unfinished_stage_only(tmp_path: Path) -> None:
+    calls: list[tuple[str, bool]] = []
+    logged: list[str] = []
+
+    def prepare(name: str, folder: Path, inputs: dict, code: object) -> str:
+        calls.append((name, folder.exists()))
+        folder.mkdir(parents=True)
+        (folder / "seed.txt").write_text("from a predecessor")
+        return "seeded"
+
+    runner = StageRunner(tmp_path, log=logged.append, prepare=prepare)
+    seen = runner.run("s", {"a": 1}, lambda f: (f / "seed.txt").read_text(), lambda f: "cached")
+    assert seen == "from a predecessor" and calls == [("s", False)] and "[s] seeded" in logged
+    assert runner.run("s", {"a": 1}, lambda f: "again", lambda f: "cached") == "cached" and len(calls) == 1

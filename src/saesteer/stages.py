@@ -159,6 +159,9 @@ class StageRunner:
     times: dict[str, float] = field(default_factory=dict)
     folders: dict[str, Path] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    #: called by rank 0 before a stage that is not finished runs, with its name, folder, inputs and code (the study
+    #: seeds a new sweep from a predecessor's rows here); what it returns, if anything, is logged
+    prepare: Callable[[str, Path, dict[str, Any], Sequence[str]], str | None] | None = None
 
     def folder(self, name: str, inputs: dict[str, Any], code: Sequence[str] = ("",)) -> Path:
         return self.root / f"{name}-{input_hash({'inputs': inputs, 'code': code_version(tuple(code))})}"
@@ -193,6 +196,9 @@ class StageRunner:
             self.times[name] = float(json.loads(marker.read_text()).get("seconds", 0.0))
             return load(folder)
         if rank == 0:
+            note = self.prepare(name, folder, inputs, code) if self.prepare else None
+            if note:
+                self.log(f"[{name}] {note}")
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(folder / INPUTS, {"inputs": inputs, "code": code_version(tuple(code))})
             self.log(f"[{name}] running in {folder}" + (f" on {world} processes" if collective and world > 1 else ""))

@@ -11,7 +11,7 @@ from saesteer.config import atomic_write_json
 from saesteer.report.results import ResultRow, ResultsTable
 from saesteer.stages import ATTEMPTS, DONE, INPUTS, StageRunner, code_version
 from saesteer.study.design import SCORING_CODE
-from saesteer.study.reuse import ReusingRunner, seed_sweep, shared_conditions
+from saesteer.study.reuse import seed_from_predecessor, seed_sweep, shared_conditions
 
 BASE = {"name": "baseline", "kind": "baseline"}
 CLAMP = {"name": "clamp f=3 c=8", "kind": "refusal_feature", "feature": 3, "value": 8.0}
@@ -44,7 +44,7 @@ def _finished_sweep(runner: StageRunner, inputs: dict[str, Any]) -> Path:
 
 
 def test_a_grown_sweep_starts_from_the_shared_rows(tmp_path: Path) -> None:
-    runner = ReusingRunner(tmp_path, log=lambda _: None)
+    runner = StageRunner(tmp_path, log=lambda _: None, prepare=seed_from_predecessor)
     old = _finished_sweep(runner, _inputs([BASE, CLAMP]))
     new_inputs = _inputs([BASE, CLAMP, CONTROL])
     scored: list[str] = []

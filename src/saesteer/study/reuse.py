@@ -4,7 +4,7 @@ A stage folder is keyed by all of its inputs, and the sweep's inputs hold its gr
 control feature a later discovery found, another clamp value) names a new sweep folder, and hours of scored
 conditions would be computed again. Yet a row depends only on its condition's definition, the test items,
 the scoring settings and the scoring code. So before a sweep starts in an empty folder,
-:class:`ReusingRunner` looks for a sibling sweep folder that agrees with it on everything but the grid
+:func:`seed_from_predecessor` (the study's ``StageRunner.prepare`` hook) looks for a sibling sweep folder that agrees with it on everything but the grid
 (``grid``, ``capability_on``) and on the scoring code's version, and copies in the rows (with their per-item
 outcomes) and the cached completions of every condition defined identically in both, with the same
 capability membership. The sweep then scores only what is new; ``reused.json`` records what was copied and
@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from saesteer.config import atomic_write_json
 from saesteer.report.results import ResultRow, ResultsTable
-from saesteer.stages import ATTEMPTS, DONE, INPUTS, StageRunner, code_version, is_writer
+from saesteer.stages import ATTEMPTS, DONE, INPUTS, code_version
 
-T = TypeVar("T")
 GROWING = ("grid", "capability_on")  # the inputs that may differ between a sweep and its predecessor
 RESULTS, COMPLETIONS, REUSED = "results.json", "completions.jsonl", "reused.json"
 
@@ -104,21 +103,10 @@ def _scoring_seconds(sib: Path, old: ResultsTable, rows: list[ResultRow]) -> flo
     return stage * (mine / total if total > 0 else 1.0)
 
 
-class ReusingRunner(StageRunner):
-    """A :class:`StageRunner` whose ``sweep`` stages start from a predecessor's shared rows (module docstring)."""
-
-    def run(
-        self,
-        name: str,
-        inputs: dict[str, Any],
-        fn: Callable[[Path], T],
-        load: Callable[[Path], T],
-        code: Sequence[str] = ("",),
-        collective: bool = False,
-    ) -> T:
-        if name == "sweep" and is_writer():
-            record = seed_sweep(self.folder(name, inputs, code), inputs, code)
-            if record:
-                self.log(f"[{name}] reused {record['rows']} rows of {len(record['conditions'])} conditions from "
-                         f"{record['from']} ({record['seconds']:.0f} s of scoring)")  # fmt: skip
-        return super().run(name, inputs, fn, load, code, collective)
+def seed_from_predecessor(name: str, folder: Path, inputs: dict[str, Any], code: Sequence[str]) -> str | None:
+    """A :class:`~saesteer.stages.StageRunner` ``prepare`` hook: a new ``sweep`` starts from a predecessor's rows."""
+    record = seed_sweep(folder, inputs, code) if name == "sweep" else None
+    if not record:
+        return None
+    return (f"reused {record['rows']} rows of {len(record['conditions'])} conditions from {record['from']} "
+            f"({record['seconds']:.0f} s of scoring)")  # fmt: skip

@@ -33,7 +33,7 @@ import torch
 from saesteer.evaluation.datasets import data_dir
 from saesteer.machine import machine_limits
 from saesteer.model.loading import LoadedModel
-from saesteer.stages import is_writer
+from saesteer.stages import StageRunner, is_writer
 from saesteer.study import capability as cap
 from saesteer.study import dev_stages as dev
 from saesteer.study import sae_stages as sae_st
@@ -42,7 +42,7 @@ from saesteer.study.gate_variants import stage_gate_variants
 from saesteer.study.prompts import draw_prompts
 from saesteer.study.publish import check_destination, publish_report
 from saesteer.study.report_data import write_study_report
-from saesteer.study.reuse import ReusingRunner
+from saesteer.study.reuse import seed_from_predecessor
 from saesteer.study.seeds import SeedRun, stage_seeds
 from saesteer.study.sweep_eval import steering_from_context
 from saesteer.study.sweep_stage import stage_sweep, study_gates, study_grid, sweep_context
@@ -56,7 +56,7 @@ def run_study(lm: LoadedModel, cfg: StudyConfig) -> Path:
     torch.manual_seed(cfg.seed)
     root = Path(cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    runner = ReusingRunner(root, log=print if is_writer() else lambda _: None)
+    runner = StageRunner(root, log=print if is_writer() else lambda _: None, prepare=seed_from_predecessor)
     t_all = time.time()
     machine = machine_limits(1.0) if is_writer() else None  # the reference the wall times are read beside
     real = data_dir(cfg.data_dir) is not None
