@@ -19,6 +19,7 @@ from saesteer.report.derived import Derived, Estimate, shared_outcomes
 from saesteer.report.document import Table
 from saesteer.report.findings import fmt_pts, fmt_ratio, fmt_share
 from saesteer.report.results import ResultsTable
+from saesteer.study.sweep_eval import UNSEEN_METRICS
 
 LOOK_ALIKES = ("xstest:safe", "jbb:benign")
 ALPACA = ("alpaca",)
@@ -43,8 +44,9 @@ def gate_test_table(table: ResultsTable, derived: Sequence[Derived], clamp: str 
     gated = [d for d in derived if d.kind == "conditional" and d.unconditional == clamp]
     if clamp not in rows_of or not gated:
         return None
+    unseen = any(table.items("baseline", m) for m in UNSEEN_METRICS)
     headers = ["condition", "gain kept", "over-refusal, look-alikes", "over-refusal, Alpaca", "ASR drop",
-               "capability loss", "unseen unsafe: gain", "unseen safe: over-refusal"]  # fmt: skip
+               "capability loss", *(["unseen unsafe: gain", "unseen safe: over-refusal"] if unseen else [])]  # fmt: skip
     rows = []
     for d in [rows_of[clamp], *gated]:
         cells = [
@@ -54,15 +56,21 @@ def gate_test_table(table: ResultsTable, derived: Sequence[Derived], clamp: str 
             fmt_pts(subset_diff(table, "safe_refusal", "baseline", d.condition, ALPACA)),
             fmt_pts(d.asr_drop),
             fmt_pts(d.capability_loss),
-            fmt_pts(subset_diff(table, "unseen_unsafe_refusal", "baseline", d.condition)),
-            fmt_pts(subset_diff(table, "unseen_safe_refusal", "baseline", d.condition)),
         ]
+        if unseen:  # the generalisation check, where the study scored the unseen sets (safety.unseen)
+            cells += [fmt_pts(subset_diff(table, m, "baseline", d.condition)) for m in UNSEEN_METRICS]
         rows.append(cells)
     note = (
         "Against the baseline on the same test items (Tango's paired interval; gain kept: paired bootstrap). "
-        "Look-alikes: XSTest safe + JBB benign. Unseen: test sets of datasets no dev purpose drew from "
-        "(Do-Not-Answer, the built-in harmful and harmless suites). The gates' own cost in ms per prompt is in "
-        "the dev variants table; their firing rates per dataset in the firing-rate table."
+        "Look-alikes: XSTest safe + JBB benign. "
+        + (
+            "Unseen: test sets of datasets no dev purpose drew from (Do-Not-Answer, the built-in harmful and harmless "
+            "suites). "
+            if unseen
+            else ""
+        )
+        + "The gates' own cost in ms per prompt is in the dev variants table; their firing rates per dataset in the "
+        "firing-rate table."
     )
     return Table("Gates on the test splits", headers, rows, note)
 
