@@ -260,12 +260,11 @@ def test_grid(grid: list[Condition], choice: Choice, unchosen: bool = True) -> l
     controls clamped at other values than the chosen clamp's (the control is clamped the same way as the headline
     clamp: the same multiple of its own max); with ``unchosen`` off, also not the clamp values and gates it did
     not pick."""
-    chosen = next(c for c in grid if c.name == choice.clamp)
-    same = [c for c in grid if c.kind == "control" and c.label == chosen.label]
+    label = next(c.label for c in grid if c.name == choice.clamp)
     kept = [
         c
         for c in grid
-        if (c.kind != "conditional" or c.unconditional == choice.clamp) and (c.kind != "control" or c in same)
+        if (c.kind != "conditional" or c.unconditional == choice.clamp) and (c.kind != "control" or c.label == label)
     ]
     if unchosen:
         return kept

@@ -60,17 +60,14 @@ def gate_test_table(table: ResultsTable, derived: Sequence[Derived], clamp: str 
         if unseen:  # the generalisation check, where the study scored the unseen sets (safety.unseen)
             cells += [fmt_pts(subset_diff(table, m, "baseline", d.condition)) for m in UNSEEN_METRICS]
         rows.append(cells)
+    unseen_note = (
+        "Unseen: test sets of datasets no dev purpose drew from (Do-Not-Answer, the built-in harmful and harmless "
+        "suites). "
+    )
     note = (
         "Against the baseline on the same test items (Tango's paired interval; gain kept: paired bootstrap). "
-        "Look-alikes: XSTest safe + JBB benign. "
-        + (
-            "Unseen: test sets of datasets no dev purpose drew from (Do-Not-Answer, the built-in harmful and harmless "
-            "suites). "
-            if unseen
-            else ""
-        )
-        + "The gates' own cost in ms per prompt is in the dev variants table; their firing rates per dataset in the "
-        "firing-rate table."
+        f"Look-alikes: XSTest safe + JBB benign. {unseen_note if unseen else ''}The gates' own cost in ms per "
+        "prompt is in the dev variants table; their firing rates per dataset in the firing-rate table."
     )
     return Table("Gates on the test splits", headers, rows, note)
 

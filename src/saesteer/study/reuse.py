@@ -4,11 +4,12 @@ A stage folder is keyed by all of its inputs, and the sweep's inputs hold its gr
 control feature a later discovery found, another clamp value) names a new sweep folder, and hours of scored
 conditions would be computed again. Yet a row depends only on its condition's definition, the test items,
 the scoring settings and the scoring code. So before a sweep starts in an empty folder,
-:func:`seed_from_predecessor` (the study's ``StageRunner.prepare`` hook) looks for a sibling sweep folder that agrees with it on everything but the grid
-(``grid``, ``capability_on``) and on the scoring code's version, and copies in the rows (with their per-item
-outcomes) and the cached completions of every condition defined identically in both, with the same
-capability membership. The sweep then scores only what is new; ``reused.json`` records what was copied and
-from where, and the stage's recorded time counts the predecessor's time for the copied rows as earlier work.
+:func:`seed_from_predecessor` (the study's ``StageRunner.prepare`` hook) looks for a sibling sweep folder that
+agrees with it on everything but the grid (``grid``, ``capability_on``) and on the scoring code's version, and
+copies in the rows (with their per-item outcomes) and the cached completions of every condition defined
+identically in both, with the same capability membership. The sweep then scores only what is new;
+``reused.json`` records what was copied and from where, and the stage's recorded time counts the predecessor's
+time for the copied rows as earlier work.
 """
 
 from __future__ import annotations
